@@ -1,0 +1,32 @@
+"""Alembic environment: online migrations only, serialised by a PostgreSQL advisory lock."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool, text
+
+from db import models  # noqa: F401  (registers the tables on the metadata)
+from service.settings import get_settings
+from sqlmodel import SQLModel
+
+# Any fixed number: two `flashsale migrate` runs at once (two Helm hooks, two laptops) queue here.
+MIGRATION_LOCK_ID = 7_414_001
+
+
+def run_migrations_online() -> None:
+    url = context.config.attributes.get("database_url") or get_settings().database_url
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        connection.commit()
+        try:
+            context.configure(connection=connection, target_metadata=SQLModel.metadata, compare_type=True)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+            connection.commit()
+    engine.dispose()
+
+
+run_migrations_online()

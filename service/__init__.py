@@ -1,0 +1,1 @@
+"""flashsale: flash sales and API rate limiting on Redis, RQ and PostgreSQL."""

@@ -1,0 +1,56 @@
+"""``create_app()``: the Litestar application (uvicorn's ``--factory`` target).
+
+Building the app connects to nothing; clients open in the lifespan.
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from service.errors import EXCEPTION_HANDLERS, problem_details_plugin
+from service.resources import provide_resources, resources_lifespan
+from service.routes.buy import buy
+from service.routes.health import healthz, readyz
+from service.routes.orders import get_order
+from service.routes.products import get_product
+from service.settings import Settings, get_settings
+
+MAX_BODY_BYTES = 16 * 1024
+"""A /buy body is a few dozen bytes; anything near this is not a purchase."""
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["content-type", "idempotency-key"],
+        expose_headers=["location", "retry-after", "ratelimit", "ratelimit-policy"],
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    prometheus = PrometheusConfig(
+        app_name="flashsale",
+        prefix="flashsale",
+        group_path=True,
+        exclude=["/metrics", "/healthz", "/readyz"],
+    )
+    return Litestar(
+        route_handlers=[buy, get_order, get_product, healthz, readyz, PrometheusController],
+        dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
+        lifespan=[resources_lifespan(settings)],
+        plugins=[problem_details_plugin()],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[prometheus.middleware],
+        cors_config=_cors(settings),
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="flashsale", version="0.1.0"),
+        debug=False,
+    )

@@ -1,0 +1,129 @@
+"""The ``flashsale`` console script: api | worker | migrate | seed | dev."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from service.settings import Settings, SettingsError, get_settings
+
+log = logging.getLogger("flashsale")
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        # Our code resolves the client from X-Forwarded-For (FLASHSALE_TRUSTED_PROXIES);
+        # uvicorn's own handling would trust any loopback peer.
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.runner import run_worker
+
+    run_worker(settings, name=args.name, burst=args.burst)
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from db.migrate import migrate
+
+    migrate(settings.database_url, wait_seconds=args.wait)
+    log.info("database is at the latest migration")
+    return 0
+
+
+def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from db.seed import seed
+    from db.session import make_engine
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    with Redis.from_url(settings.redis_url) as redis:
+        product = seed(engine, redis, args.stock)
+    engine.dispose()
+    log.info("seeded demo product", extra={"product_id": product.id, "stock": product.stock})
+    return 0
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from service.dev import run_dev
+
+    return run_dev(settings, port=args.port or settings.port, workers=args.workers, stock=args.stock)
+
+
+def _non_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashsale", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    api = commands.add_parser("api", help="serve the HTTP API (uvicorn, one process)")
+    api.add_argument("--host", help="listen address (default FLASHSALE_HOST or 0.0.0.0)")
+    api.add_argument("--port", type=int, help="listen port (default FLASHSALE_PORT or 8000)")
+    api.set_defaults(run=_api)
+
+    worker = commands.add_parser("worker", help="apply queued orders to PostgreSQL (RQ worker)")
+    worker.add_argument("--name", help="worker name shown by RQ (e.g. the pod name)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser("migrate", help="create the database if missing and upgrade it")
+    migrate.add_argument("--wait", type=float, default=60.0, help="seconds to wait for PostgreSQL")
+    migrate.set_defaults(run=_migrate)
+
+    seed = commands.add_parser("seed", help="create the demo product (id 1, stock 100)")
+    seed.add_argument("--stock", type=_non_negative, help="reset the demo product's stock to N")
+    seed.set_defaults(run=_seed)
+
+    dev = commands.add_parser("dev", help="run everything on this machine (what `make run` runs)")
+    dev.add_argument("--port", type=int, help="API port (default FLASHSALE_PORT or 8000)")
+    dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    dev.add_argument("--stock", type=_non_negative, help="reset the demo product's stock to N")
+    dev.set_defaults(run=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"flashsale: {exc}", file=sys.stderr)
+        return 2
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    try:
+        return args.run(settings, args)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # a clear one-line reason, not a traceback, for start-up failures
+        from db.migrate import DatabaseUnavailable
+        from service.throwaway import MissingServerBinary
+
+        if isinstance(exc, DatabaseUnavailable | MissingServerBinary):
+            log.error(str(exc))
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

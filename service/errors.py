@@ -1,0 +1,94 @@
+"""RFC 9457 problem details for every error the API returns, expected or not."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
+PROBLEM_TYPE_PREFIX = "urn:flashsale:problem:"
+UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+def problem(
+    status: int,
+    slug: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemDetailsException:
+    """An exception that renders as ``application/problem+json`` with our ``type`` URI."""
+    return ProblemDetailsException(
+        status_code=status,
+        type_=PROBLEM_TYPE_PREFIX + slug,
+        title=HTTPStatus(status).phrase,
+        detail=detail,
+        headers=headers,
+        extra=extra or None,
+    )
+
+
+def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+    # Router 404/405 and framework errors keep their status; "about:blank" per RFC 9457.
+    return ProblemDetailsException(
+        status_code=exc.status_code,
+        title=HTTPStatus(exc.status_code).phrase,
+        detail=exc.detail,
+        headers=exc.headers,
+    )
+
+
+def _from_validation(exc: ValidationException) -> ProblemDetailsException:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    return problem(
+        400,
+        "invalid-request",
+        "The request body or parameters are not valid.",
+        errors=[{"field": e.get("key"), "message": e.get("message")} for e in errors],
+    )
+
+
+def _unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    return problem(
+        503,
+        "unavailable",
+        "A backing service is unavailable; try again shortly.",
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    ).to_response(request)
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    # Logged with its traceback for us; the client sees no internals.
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem(500, "internal", "Something went wrong on our side.").to_response(request)
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            enable_for_all_http_exceptions=True,
+            exception_to_problem_detail_map={
+                HTTPException: _from_http_exception,
+                ValidationException: _from_validation,
+            },
+        )
+    )
+
+
+EXCEPTION_HANDLERS = {
+    RedisError: _unavailable,
+    OperationalError: _unavailable,
+    Exception: _internal_error,
+}

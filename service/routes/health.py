@@ -1,0 +1,42 @@
+"""Probes: ``/healthz`` says the process is alive; ``/readyz`` that it can serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+from anyio import to_thread
+from litestar import Response, get
+from litestar.di import NamedDependency
+
+from db.session import database_reachable
+from service.resources import Resources
+
+READY_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+@get("/healthz", summary="Liveness", operation_id="healthz")
+async def healthz() -> dict[str, str]:
+    # Never checks Redis or PostgreSQL: a dependency blip must not restart every pod.
+    return {"status": "ok"}
+
+
+async def _redis_ok(client) -> bool:
+    try:
+        return bool(await asyncio.wait_for(client.ping(), READY_CHECK_TIMEOUT_SECONDS))
+    except Exception:
+        return False
+
+
+@get("/readyz", summary="Readiness", operation_id="readyz")
+async def readyz(resources: NamedDependency[Resources]) -> Response[dict]:
+    checks = {
+        "redis": await _redis_ok(resources.redis),
+        "limiter_redis": await _redis_ok(resources.limiter_redis),
+        "database": await to_thread.run_sync(database_reachable, resources.engine),
+        "accepting": resources.ready,
+    }
+    ready = all(checks.values())
+    return Response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,35 @@
+"""``GET /orders/{order_id}``: where an admitted order stands."""
+
+from __future__ import annotations
+
+import uuid
+
+from anyio import to_thread
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from db.models import OrderStatus, RejectReason
+from db.orders import find_order
+from service.errors import problem
+from service.resources import Resources
+from service.schemas import OrderView
+from worker.queue import job_key
+
+PENDING_JOB_STATES = {"queued", "started", "scheduled", "deferred"}
+GAVE_UP_JOB_STATES = {"failed", "stopped", "canceled"}
+
+
+@get("/orders/{order_id:uuid}", summary="Follow an order", operation_id="getOrder")
+async def get_order(order_id: FromPath[uuid.UUID], resources: NamedDependency[Resources]) -> OrderView:
+    # The job is read before the row: a worker commits the row before it finishes the job,
+    # so a job seen pending or gone always means the row is the answer from then on.
+    job_state = await resources.redis.hget(job_key(str(order_id)), "status")
+    if job_state in PENDING_JOB_STATES:
+        return OrderView(order_id=order_id, status=OrderStatus.QUEUED)
+    row = await to_thread.run_sync(find_order, resources.engine, order_id)
+    if row is not None:
+        return OrderView(order_id=order_id, status=row.status, reason=row.reason)
+    if job_state in GAVE_UP_JOB_STATES:
+        return OrderView(order_id=order_id, status=OrderStatus.REJECTED, reason=RejectReason.FAILED)
+    raise problem(404, "unknown-order", f"There is no order {order_id}.")

@@ -1,0 +1,131 @@
+"""Private, throwaway redis-server and PostgreSQL instances in a temporary directory.
+
+``flashsale dev`` uses them when no Redis or PostgreSQL is reachable, and the test suite
+uses them for isolation. Each one listens on loopback only, on a free port, and is gone
+(process and files) when its context exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+POSTGRES_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+INSTALL_HINT = "install them with: apt-get install -y redis-server postgresql"
+
+
+class MissingServerBinary(RuntimeError):
+    """The server program to start is not installed."""
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def _find(program: str, extra_dirs: list[Path] | None = None) -> str:
+    found = shutil.which(program)
+    for directory in extra_dirs or []:
+        if found:
+            break
+        candidate = directory / program
+        found = str(candidate) if candidate.exists() else None
+    if not found:
+        raise MissingServerBinary(f"{program} is not installed; {INSTALL_HINT}")
+    return found
+
+
+def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A redis-server without persistence, configured as the queue needs (noeviction)."""
+    program = _find("redis-server")
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="flashsale-redis-") as directory:
+        process = subprocess.Popen(
+            [program, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+             "--maxmemory-policy", "noeviction", "--dir", directory],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 10, "redis-server")
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            _stop(process)
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the ``postgres`` account when we are root."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@contextmanager
+def postgres_server(port: int | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL cluster with trust auth for ``postgres`` on loopback."""
+    initdb = _find("initdb", POSTGRES_BIN_DIRS)
+    postgres = _find("postgres", POSTGRES_BIN_DIRS)
+    port = port or free_port()
+    base = Path(tempfile.mkdtemp(prefix="flashsale-pg-"))
+    data = base / "data"
+    try:
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(base, account.pw_uid, account.pw_gid)
+        subprocess.run(
+            [*_as_postgres_user(), initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        process = subprocess.Popen(
+            [*_as_postgres_user(), postgres, "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={base}", "-c", "fsync=off", "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 30, "PostgreSQL")
+            if process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL exited with {process.returncode}")
+            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/flashsale"
+        finally:
+            _stop(process, timeout=20)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

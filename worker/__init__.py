@@ -1,0 +1,1 @@
+"""RQ jobs and the worker that applies admitted orders to PostgreSQL."""

@@ -1,0 +1,66 @@
+"""RQ job bodies. Each worker process builds its engine and Redis client once, lazily."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from redis import Redis
+from sqlalchemy import Engine
+
+from db.orders import AdmittedOrder, apply_order, record_failure
+from db.session import make_engine
+from service.settings import get_settings
+from service.stock_gate import release
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _engine() -> Engine:
+    return make_engine(get_settings().database_url, pool_size=2)
+
+
+@cache
+def _redis() -> Redis:
+    return Redis.from_url(get_settings().redis_url)
+
+
+def _admitted(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> AdmittedOrder:
+    return AdmittedOrder(uuid.UUID(order_id), product_id, quantity, client_id, datetime.fromisoformat(admitted_at))
+
+
+def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> dict:
+    """Confirm or reject one admitted order in PostgreSQL, exactly once."""
+    order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
+    outcome = apply_order(_engine(), order)
+    log.info(
+        "order decided",
+        extra={
+            "order_id": order_id,
+            "product_id": product_id,
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "conflicts": outcome.conflicts,
+            "applied_now": outcome.applied_now,
+        },
+    )
+    return {"status": outcome.status, "reason": outcome.reason}
+
+
+def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+    """RQ failure callback: on the last failure, reject the order and give its units back.
+
+    RQ calls this on every failure, retried or not (also for jobs of workers that died),
+    so it acts only once no retry is left.
+    """
+    if job.retries_left:
+        return
+    order = _admitted(*job.args)
+    log.error("order job gave up", extra={"order_id": str(order.order_id), "error": repr(exc_value)})
+    outcome = record_failure(_engine(), order)
+    if outcome.applied_now:
+        release(_redis(), order.product_id, order.quantity)
