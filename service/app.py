@@ -52,5 +52,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         cors_config=_cors(settings),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="flashsale", version="0.1.0"),
+        logging_config=None,  # service.logs owns logging: JSON lines
         debug=False,
     )

@@ -68,7 +68,8 @@ def _choose_database(stack: ExitStack, configured: str | None) -> str:
 
 
 def _spawn(command: str, env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", command, *args], env=env)
+    # A session of its own: Ctrl-C reaches only us, and we stop children before servers.
+    return subprocess.Popen([sys.executable, "-m", "service.cli", command, *args], env=env, start_new_session=True)
 
 
 def run_dev(settings: Settings, port: int, workers: int, stock: int | None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -20,38 +19,52 @@ from service.settings import Settings
 from worker.queue import order_queue
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
+REDIS_POOL_SIZE = 64
+"""Connections per process; a burst beyond it waits for a free one instead of failing."""
 BUY_LIMIT_NAME = "buy"
 
 
-@dataclass
 class Resources:
-    settings: Settings
-    redis: aioredis.Redis
-    """Main Redis: stock gate, order jobs."""
-    scripts: Scripts
-    limiter_redis: aioredis.Redis
-    limiter_scripts: Scripts
-    queue: Queue
-    """RQ is synchronous: enqueue in a worker thread."""
-    engine: Engine
-    buy_limit: Limit
-    ready: bool = field(default=True)
+    """A plain class, not a dataclass: Litestar must inject it as is, not try to parse it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        limiter_redis: aioredis.Redis,
+        queue: Queue,
+        engine: Engine,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        """Main Redis: stock gate, order jobs."""
+        self.scripts: Scripts = load_scripts(redis, settings.lua_dir)
+        self.limiter_redis = limiter_redis
+        self.limiter_scripts: Scripts = load_scripts(limiter_redis, settings.lua_dir)
+        self.queue = queue
+        """RQ is synchronous: enqueue in a worker thread."""
+        self.engine = engine
+        self.buy_limit = Limit(BUY_LIMIT_NAME, settings.rate_capacity, settings.rate_refill_per_sec)
+        self.ready = True
 
 
-def _async_redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+def async_redis_client(url: str) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         decode_responses=True,
         socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def open_resources(settings: Settings) -> Resources:
     """Build every client; nothing connects until first used."""
-    redis = _async_redis(settings.redis_url)
+    redis = async_redis_client(settings.redis_url)
     limiter_redis = (
-        redis if settings.limiter_redis_url == settings.redis_url else _async_redis(settings.limiter_redis_url)
+        redis if settings.limiter_redis_url == settings.redis_url else async_redis_client(settings.limiter_redis_url)
     )
     sync_redis = Redis.from_url(
         settings.redis_url,
@@ -61,12 +74,9 @@ def open_resources(settings: Settings) -> Resources:
     return Resources(
         settings=settings,
         redis=redis,
-        scripts=load_scripts(redis, settings.lua_dir),
         limiter_redis=limiter_redis,
-        limiter_scripts=load_scripts(limiter_redis, settings.lua_dir),
         queue=order_queue(sync_redis),
         engine=make_engine(settings.database_url),
-        buy_limit=Limit(BUY_LIMIT_NAME, settings.rate_capacity, settings.rate_refill_per_sec),
     )
 
 

@@ -81,6 +81,7 @@ def redis_server(port: int | None = None) -> Iterator[str]:
              "--maxmemory-policy", "noeviction", "--dir", directory],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches our owner, which stops us last
         )
         try:
             wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 10, "redis-server")
@@ -119,6 +120,7 @@ def postgres_server(port: int | None = None) -> Iterator[str]:
              "-c", f"unix_socket_directories={base}", "-c", "fsync=off", "-c", "max_connections=200"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 30, "PostgreSQL")

@@ -15,8 +15,10 @@ RESULT_TTL_SECONDS = 600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 """A job that gave up stays in RQ's failed registry (the dead-letter queue) this long."""
 # Infrastructure errors (PostgreSQL down) are retried for about two minutes before the
-# order is rejected as failed; sold out and optimistic-lock conflicts never raise.
-RETRY = Retry(max=6, interval=[1, 2, 5, 10, 30, 60])
+# order is rejected as failed; sold out and optimistic-lock conflicts never raise. The
+# first retry is immediate, so a job abandoned by a dead worker is requeued by any worker's
+# maintenance sweep without waiting for RQ's scheduler (whose lock may have died with it).
+RETRY = Retry(max=7, interval=[0, 1, 2, 5, 10, 30, 60])
 
 
 def order_queue(connection: Redis) -> Queue:
@@ -29,7 +31,7 @@ def order_job_id(order_id: str) -> str:
 
 
 def job_key(order_id: str) -> str:
-    return Job.key_for(order_job_id(order_id)).decode()
+    return Job.key_for(order_job_id(order_id))
 
 
 def job_arguments(order: AdmittedOrder) -> list:
@@ -42,6 +44,7 @@ def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:
         "worker.jobs.apply_order_job",
         args=job_arguments(order),
         job_id=order_job_id(str(order.order_id)),
+        description=f"order {order.order_id}",  # RQ logs this; keep client addresses out
         unique=True,
         timeout=job_timeout,
         result_ttl=RESULT_TTL_SECONDS,

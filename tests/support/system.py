@@ -1,0 +1,97 @@
+"""Run flashsale as real processes: API replicas (uvicorn) and RQ workers on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis import Redis
+from rq import Worker
+
+from service.throwaway import free_port, wait_until
+from worker.queue import order_queue
+
+START_TIMEOUT_SECONDS = 30
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class System:
+    """API and worker processes sharing one Redis and one database."""
+
+    env: dict[str, str]
+    log_dir: Path
+    apis: list[tuple[subprocess.Popen, str]] = field(default_factory=list)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for _, url in self.apis]
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_apis(self, count: int) -> None:
+        started = []
+        for _ in range(count):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            process = self._spawn(f"api-{port}", "api", "--host", "127.0.0.1", "--port", str(port))
+            started.append((process, url))
+        self.apis += started
+        for process, url in started:
+            wait_until(lambda: _ready(url) or process.poll() is not None, START_TIMEOUT_SECONDS, f"API {url}")
+            assert process.poll() is None, self.logs()
+
+    def start_workers(self, count: int) -> None:
+        names = [f"test-worker-{os.getpid()}-{len(self.workers) + i}" for i in range(count)]
+        self.workers += [self._spawn(name, "worker", "--name", name) for name in names]
+        with Redis.from_url(self.env["FLASHSALE_REDIS_URL"]) as redis:
+            queue = order_queue(redis)
+
+            def registered() -> bool:
+                return {w.name for w in Worker.all(queue=queue)} >= set(names)
+
+            wait_until(registered, START_TIMEOUT_SECONDS, f"{count} workers")
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self) -> None:
+        processes = [p for p, _ in self.apis] + self.workers
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            # RQ's scheduler is a child of its worker: leave nothing of the group behind.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

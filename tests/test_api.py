@@ -1,0 +1,173 @@
+"""The HTTP API in-process (Litestar's TestClient) on the real Redis and PostgreSQL."""
+
+import uuid
+
+import pytest
+from litestar.testing import TestClient
+
+from service.app import create_app
+from service.stock_gate import gate_key
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def client(settings, fresh_db):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _assert_problem(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    return body
+
+
+def test_an_empty_object_buys_one_of_the_demo_product(client):
+    response = client.post("/buy", json={})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["status_url"] == f"/orders/{body['order_id']}" == response.headers["location"]
+    assert response.headers["ratelimit"] == '"buy";r=4;t=1'
+    assert response.headers["ratelimit-policy"] == '"buy";q=5;w=5'
+    assert client.get(body["status_url"]).json() == {"order_id": body["order_id"], "status": "queued"}
+
+
+def test_no_body_at_all_is_the_same_as_an_empty_object(client):
+    assert client.post("/buy").status_code == 202
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"quantity": 0},
+        {"quantity": -1},
+        {"quantity": 101},
+        {"quantity": 10**30},
+        {"quantity": 1.5},
+        {"quantity": True},
+        {"quantity": "lots"},
+        {"quantity": None},
+        {"product_id": 0},
+        {"product_id": -5},
+        {"product_id": 2**40},
+        {"product_id": "abc"},
+        {"product_id": [1]},
+        {"qty": 2},
+        [],
+        "one",
+        17,
+    ],
+)
+def test_bad_bodies_are_400_problems(client, body):
+    problem = _assert_problem(client.post("/buy", json=body), 400)
+    assert problem["type"] == "urn:flashsale:problem:invalid-request"
+    assert problem["errors"], problem
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b'{"quantity": 1', b"\xff\xfe\x00", b"not json", b'{"quantity": 1}{"quantity": 2}'],
+)
+def test_malformed_json_is_a_400_problem(client, raw):
+    _assert_problem(client.post("/buy", content=raw, headers={"content-type": "application/json"}), 400)
+
+
+def test_an_oversized_body_is_refused_with_413(client):
+    _assert_problem(client.post("/buy", content=b" " * 20_000, headers={"content-type": "application/json"}), 413)
+
+
+def test_an_unknown_product_is_422(client, redis):
+    problem = _assert_problem(client.post("/buy", json={"product_id": 424242}), 422)
+    assert problem["type"] == "urn:flashsale:problem:unknown-product"
+    assert not redis.exists(gate_key(424242))
+
+
+def test_sold_out_is_409_and_a_too_large_order_says_what_is_left(client, redis):
+    redis.set(gate_key(1), 2)
+    problem = _assert_problem(client.post("/buy", json={"quantity": 3}), 409)
+    assert problem["type"] == "urn:flashsale:problem:insufficient-stock" and problem["available"] == 2
+    assert client.post("/buy", json={"quantity": 2}).status_code == 202
+    problem = _assert_problem(client.post("/buy", json={}), 409)
+    assert problem["type"] == "urn:flashsale:problem:sold-out"
+
+
+def test_a_lost_gate_is_rebuilt_from_the_database(client, redis):
+    redis.delete(gate_key(1))
+    assert client.post("/buy", json={"quantity": 2}).status_code == 202
+    assert int(redis.get(gate_key(1))) == 98
+
+
+def test_the_sixth_instant_request_is_429_with_retry_after(client):
+    statuses = [client.post("/buy", json={}).status_code for _ in range(5)]
+    assert statuses == [202] * 5
+    response = client.post("/buy", json={})
+    problem = _assert_problem(response, 429)
+    assert problem["type"] == "urn:flashsale:problem:rate-limited"
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["ratelimit"] == '"buy";r=0;t=1'
+
+
+def test_orders_and_products_that_do_not_exist_are_404_problems(client):
+    _assert_problem(client.get(f"/orders/{uuid.uuid4()}"), 404)
+    _assert_problem(client.get("/orders/not-a-uuid"), 404)
+    _assert_problem(client.get("/products/999"), 404)
+    _assert_problem(client.get("/products/abc"), 404)
+    _assert_problem(client.get("/nowhere"), 404)
+
+
+def test_a_wrong_method_is_a_405_problem(client):
+    _assert_problem(client.get("/buy"), 405)
+
+
+def test_product_shows_stock_and_sale_state(client, redis):
+    body = client.get("/products/1").json()
+    assert body == {"id": 1, "name": "iPhone 15", "price": "999.99", "stock": 100, "available": 100, "sold_out": False}
+    redis.set(gate_key(1), 0)
+    assert client.get("/products/1").json()["sold_out"] is True
+
+
+def test_probes(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": True, "limiter_redis": True, "database": True, "accepting": True}
+
+
+def test_metrics_are_exposed_for_prometheus(client):
+    client.post("/buy", json={})
+    body = client.get("/metrics").text
+    assert "flashsale_requests_total" in body
+    assert 'path="/buy"' in body
+
+
+def test_cors_is_off_unless_origins_are_configured(client):
+    preflight = client.options(
+        "/buy", headers={"origin": "https://shop.example", "access-control-request-method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_configured_origins_may_call_the_api_from_a_browser(settings_env, fresh_db):
+    from service.settings import settings_from_env
+
+    settings = settings_from_env({**settings_env, "FLASHSALE_CORS_ORIGINS": "https://shop.example"})
+    with TestClient(create_app(settings)) as client:
+        preflight = client.options(
+            "/buy",
+            headers={
+                "origin": "https://shop.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            },
+        )
+        assert preflight.status_code in (200, 204)
+        assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+        response = client.post("/buy", json={}, headers={"origin": "https://shop.example"})
+        assert response.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "location" in response.headers["access-control-expose-headers"].lower()
+        other = client.post("/buy", json={}, headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

@@ -1,0 +1,110 @@
+"""db/orders.py against PostgreSQL: optimistic locking, exactly-once order rows."""
+
+import threading
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+
+from db.models import OrderStatus, RejectReason
+from db.orders import AdmittedOrder, apply_order, backoff_seconds, record_failure
+from service.throwaway import wait_until
+from tests.support.database import order_rows, product_state
+
+
+def _order(quantity=1, product_id=1):
+    return AdmittedOrder(uuid.uuid4(), product_id, quantity, "203.0.113.7", datetime.now(UTC))
+
+
+def test_a_confirmed_order_takes_stock_and_bumps_the_version(fresh_db):
+    stock, version = product_state(fresh_db)
+    outcome = apply_order(fresh_db, _order(quantity=3))
+    assert (outcome.status, outcome.reason, outcome.applied_now) == (OrderStatus.CONFIRMED, None, True)
+    assert product_state(fresh_db) == (stock - 3, version + 1)
+
+
+def test_running_an_order_twice_applies_it_once(fresh_db):
+    order = _order()
+    apply_order(fresh_db, order)
+    again = apply_order(fresh_db, order)
+    assert again.status == OrderStatus.CONFIRMED and not again.applied_now
+    assert product_state(fresh_db)[0] == 99
+    assert len(order_rows(fresh_db)) == 1
+
+
+def test_not_enough_stock_is_a_rejection_not_an_error(fresh_db):
+    outcome = apply_order(fresh_db, _order(quantity=101))
+    assert (outcome.status, outcome.reason) == (OrderStatus.REJECTED, RejectReason.SOLD_OUT)
+    assert product_state(fresh_db)[0] == 100
+
+
+def test_an_unknown_product_is_rejected(fresh_db):
+    outcome = apply_order(fresh_db, _order(product_id=424242))
+    assert (outcome.status, outcome.reason) == (OrderStatus.REJECTED, RejectReason.UNKNOWN_PRODUCT)
+
+
+def _blocked_on_a_row_lock(engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+            ).scalar()
+        )
+
+
+def test_a_lost_race_is_retried_after_rereading(fresh_db):
+    """Another writer commits a new version between our read and our update: re-read, retry, succeed."""
+    stock, version = product_state(fresh_db)
+    rival = fresh_db.connect()
+    rival_tx = rival.begin()
+    rival.execute(text("UPDATE products SET version = version + 1 WHERE id = 1"))
+    outcomes = []
+    buyer = threading.Thread(target=lambda: outcomes.append(apply_order(fresh_db, _order())))
+    buyer.start()
+    try:
+        # The buyer has read the old version and now waits for the rival's row lock.
+        wait_until(lambda: _blocked_on_a_row_lock(fresh_db), 10, "buyer blocked on the row lock")
+    finally:
+        rival_tx.commit()
+        rival.close()
+    buyer.join(10)
+    (outcome,) = outcomes
+    assert outcome.status == OrderStatus.CONFIRMED
+    assert outcome.conflicts == 1
+    assert product_state(fresh_db) == (stock - 1, version + 2)
+
+
+def test_concurrent_writers_on_one_row_never_lose_an_update(fresh_db):
+    orders = [_order() for _ in range(80)]
+    conflicts = []
+
+    def run(chunk):
+        for order in chunk:
+            conflicts.append(apply_order(fresh_db, order).conflicts)
+
+    threads = [threading.Thread(target=run, args=(orders[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    stock, version = product_state(fresh_db)
+    assert stock == 20
+    rows = order_rows(fresh_db)
+    assert len(rows) == 80 and all(status == OrderStatus.CONFIRMED for status, _, _ in rows.values())
+    assert sum(conflicts) > 0, "eight threads on one row should have collided at least once"
+
+
+def test_a_failed_order_is_recorded_once_and_never_overrides_a_decision(fresh_db):
+    confirmed = _order()
+    apply_order(fresh_db, confirmed)
+    assert record_failure(fresh_db, confirmed).status == OrderStatus.CONFIRMED
+    failed = _order()
+    outcome = record_failure(fresh_db, failed)
+    assert (outcome.status, outcome.reason, outcome.applied_now) == ("rejected", "failed", True)
+    assert not record_failure(fresh_db, failed).applied_now
+
+
+def test_backoff_is_jittered_and_capped():
+    delays = [backoff_seconds(n) for n in range(1, 40)]
+    assert all(0 <= d <= 0.05 for d in delays)
+    assert len(set(delays)) > 1
