@@ -34,7 +34,9 @@ def wait_for_server(database_url: str, timeout: float = 60.0) -> None:
             except OperationalError as exc:
                 if time.monotonic() > deadline:
                     host = make_url(database_url).host
-                    raise DatabaseUnavailable(f"PostgreSQL at {host} did not answer in {timeout:.0f}s") from exc
+                    raise DatabaseUnavailable(
+                        f"PostgreSQL at {host} did not answer in {timeout:.0f}s"
+                    ) from exc
                 log.info("waiting for PostgreSQL", extra={"host": make_url(database_url).host})
                 time.sleep(1)
     finally:

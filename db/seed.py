@@ -24,7 +24,13 @@ def seed(engine: Engine, redis: Redis, stock: int | None = None) -> Product:
     Resetting bumps the version, so a worker holding the old version cannot write over it,
     and rebuilds the stock gate from the database.
     """
-    values = {"id": DEMO_PRODUCT_ID, "name": DEMO_NAME, "price": DEMO_PRICE, "stock": DEMO_STOCK, "version": 0}
+    values = {
+        "id": DEMO_PRODUCT_ID,
+        "name": DEMO_NAME,
+        "price": DEMO_PRICE,
+        "stock": DEMO_STOCK,
+        "version": 0,
+    }
     statement = insert(Product).values(**values)
     if stock is None:
         statement = statement.on_conflict_do_nothing(index_elements=["id"])

@@ -69,7 +69,9 @@ def _choose_database(stack: ExitStack, configured: str | None) -> str:
 
 def _spawn(command: str, env: dict[str, str], *args: str) -> subprocess.Popen:
     # A session of its own: Ctrl-C reaches only us, and we stop children before servers.
-    return subprocess.Popen([sys.executable, "-m", "service.cli", command, *args], env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", command, *args], env=env, start_new_session=True
+    )
 
 
 def run_dev(settings: Settings, port: int, workers: int, stock: int | None) -> int:
@@ -107,7 +109,9 @@ def _wait_for_signal_or_exit(children: list[subprocess.Popen]) -> int:
     while not stopping:
         for child in children:
             if child.poll() is not None:
-                log.error("a child process exited; stopping", extra={"pid": child.pid, "code": child.returncode})
+                log.error(
+                    "a child process exited; stopping", extra={"pid": child.pid, "code": child.returncode}
+                )
                 return 1
         time.sleep(0.2)
     return 0

@@ -64,7 +64,9 @@ def open_resources(settings: Settings) -> Resources:
     """Build every client; nothing connects until first used."""
     redis = async_redis_client(settings.redis_url)
     limiter_redis = (
-        redis if settings.limiter_redis_url == settings.redis_url else async_redis_client(settings.limiter_redis_url)
+        redis
+        if settings.limiter_redis_url == settings.redis_url
+        else async_redis_client(settings.limiter_redis_url)
     )
     sync_redis = Redis.from_url(
         settings.redis_url,

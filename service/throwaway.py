@@ -77,8 +77,21 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="flashsale-redis-") as directory:
         process = subprocess.Popen(
-            [program, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-             "--maxmemory-policy", "noeviction", "--dir", directory],
+            [
+                program,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                directory,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches our owner, which stops us last
@@ -109,15 +122,31 @@ def postgres_server(port: int | None = None) -> Iterator[str]:
         if os.geteuid() == 0:
             account = pwd.getpwnam("postgres")
             os.chown(base, account.pw_uid, account.pw_gid)
-        subprocess.run(
+        initialised = subprocess.run(
             [*_as_postgres_user(), initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            text=True,
         )
+        if initialised.returncode != 0:
+            raise RuntimeError(f"initdb failed in {base}: {initialised.stderr.strip()}")
         process = subprocess.Popen(
-            [*_as_postgres_user(), postgres, "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"unix_socket_directories={base}", "-c", "fsync=off", "-c", "max_connections=200"],
+            [
+                *_as_postgres_user(),
+                postgres,
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={base}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

@@ -22,7 +22,9 @@ from service.settings import Settings, settings_from_env
 from service.throwaway import postgres_server, redis_server
 from tests.support.system import System
 
-POSTGRES_URL = os.environ.get("FLASHSALE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "FLASHSALE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +35,9 @@ def redis_url() -> Iterator[str]:
 
 
 def _drop_database(url: str) -> None:
-    admin = create_engine(make_url(url).set(database="postgres"), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        make_url(url).set(database="postgres"), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
     admin.dispose()
@@ -49,8 +53,10 @@ def database_url() -> Iterator[str]:
             migrate(url)
             yield url
         return
-    url = make_url(POSTGRES_URL).set(database=f"flashsale_test_{uuid.uuid4().hex[:12]}").render_as_string(
-        hide_password=False
+    url = (
+        make_url(POSTGRES_URL)
+        .set(database=f"flashsale_test_{uuid.uuid4().hex[:12]}")
+        .render_as_string(hide_password=False)
     )
     migrate(url)
     try:

@@ -77,7 +77,9 @@ def test_malformed_json_is_a_400_problem(client, raw):
 
 
 def test_an_oversized_body_is_refused_with_413(client):
-    _assert_problem(client.post("/buy", content=b" " * 20_000, headers={"content-type": "application/json"}), 413)
+    _assert_problem(
+        client.post("/buy", content=b" " * 20_000, headers={"content-type": "application/json"}), 413
+    )
 
 
 def test_an_unknown_product_is_422(client, redis):
@@ -125,7 +127,14 @@ def test_a_wrong_method_is_a_405_problem(client):
 
 def test_product_shows_stock_and_sale_state(client, redis):
     body = client.get("/products/1").json()
-    assert body == {"id": 1, "name": "iPhone 15", "price": "999.99", "stock": 100, "available": 100, "sold_out": False}
+    assert body == {
+        "id": 1,
+        "name": "iPhone 15",
+        "price": "999.99",
+        "stock": 100,
+        "available": 100,
+        "sold_out": False,
+    }
     redis.set(gate_key(1), 0)
     assert client.get("/products/1").json()["sold_out"] is True
 
@@ -134,7 +143,12 @@ def test_probes(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"redis": True, "limiter_redis": True, "database": True, "accepting": True}
+    assert ready.json()["checks"] == {
+        "redis": True,
+        "limiter_redis": True,
+        "database": True,
+        "accepting": True,
+    }
 
 
 def test_metrics_are_exposed_for_prometheus(client):

@@ -29,7 +29,10 @@ def test_values_are_parsed_and_typed():
     )
     assert settings.rate_capacity == 20
     assert settings.rate_refill_per_sec == 0.5
-    assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
+    assert settings.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    )
     assert settings.cors_origins == ("https://shop.example", "https://m.shop.example")
     assert settings.database_url == "postgresql+psycopg2://app:pw@db:5432/sale"
     # The limiter follows the main Redis unless told otherwise.

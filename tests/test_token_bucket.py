@@ -39,7 +39,7 @@ def test_a_full_bucket_admits_capacity_then_denies(bucket):
     assert [r[0] for r in replies] == [1, 1, 1, 1, 1, 0]
     assert [r[1] for r in replies] == [4, 3, 2, 1, 0, 0]
     assert replies[0][2] == 0 and replies[0][3] == 1000  # one token to refill at 1/s
-    allowed, remaining, retry_ms, full_ms = replies[5]
+    _, _, retry_ms, full_ms = replies[5]
     assert 0 < retry_ms <= 1000
     assert 4000 < full_ms <= 5000
 

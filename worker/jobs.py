@@ -29,8 +29,12 @@ def _redis() -> Redis:
     return Redis.from_url(get_settings().redis_url)
 
 
-def _admitted(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> AdmittedOrder:
-    return AdmittedOrder(uuid.UUID(order_id), product_id, quantity, client_id, datetime.fromisoformat(admitted_at))
+def _admitted(
+    order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str
+) -> AdmittedOrder:
+    return AdmittedOrder(
+        uuid.UUID(order_id), product_id, quantity, client_id, datetime.fromisoformat(admitted_at)
+    )
 
 
 def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> dict:

@@ -36,7 +36,13 @@ def job_key(order_id: str) -> str:
 
 def job_arguments(order: AdmittedOrder) -> list:
     """JSON-safe job arguments (ids and numbers, never live objects)."""
-    return [str(order.order_id), order.product_id, order.quantity, order.client_id, order.admitted_at.isoformat()]
+    return [
+        str(order.order_id),
+        order.product_id,
+        order.quantity,
+        order.client_id,
+        order.admitted_at.isoformat(),
+    ]
 
 
 def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:

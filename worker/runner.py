@@ -25,6 +25,12 @@ class OrderWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or 0) + ABANDON_GRACE_SECONDS
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # An idle worker waits in BLPOP; wake it every maintenance interval so it sweeps for
+        # abandoned jobs (RQ's default wait is worker_ttl - 15 s, about seven minutes).
+        return self.maintenance_interval
+
 
 def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> bool:
     connection = Redis.from_url(settings.redis_url)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool, text
+from sqlmodel import SQLModel
 
 from db import models  # noqa: F401  (registers the tables on the metadata)
 from service.settings import get_settings
-from sqlmodel import SQLModel
 
 # Any fixed number: two `flashsale migrate` runs at once (two Helm hooks, two laptops) queue here.
 MIGRATION_LOCK_ID = 7_414_001

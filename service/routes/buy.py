@@ -75,7 +75,9 @@ async def buy(
 
     order = AdmittedOrder(uuid.uuid4(), wanted.product_id, wanted.quantity, client, datetime.now(UTC))
     try:
-        await to_thread.run_sync(enqueue_order, resources.queue, order, resources.settings.job_timeout_seconds)
+        await to_thread.run_sync(
+            enqueue_order, resources.queue, order, resources.settings.job_timeout_seconds
+        )
     except RedisError:
         await release(resources.redis, order.product_id, order.quantity)
         raise problem(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,7 +63,11 @@ class System:
             started.append((process, url))
         self.apis += started
         for process, url in started:
-            wait_until(lambda: _ready(url) or process.poll() is not None, START_TIMEOUT_SECONDS, f"API {url}")
+            wait_until(
+                lambda p=process, u=url: _ready(u) or p.poll() is not None,
+                START_TIMEOUT_SECONDS,
+                f"API {url}",
+            )
             assert process.poll() is None, self.logs()
 
     def start_workers(self, count: int) -> None:
@@ -91,7 +96,5 @@ class System:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             # RQ's scheduler is a child of its worker: leave nothing of the group behind.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

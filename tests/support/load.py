@@ -1,0 +1,85 @@
+"""Many clients at once: several processes, each firing its share of requests concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    order_id: str | None
+    retry_after: str | None
+    sent_at: float
+    """time.time() when the request was sent."""
+    done_at: float
+
+
+async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]]) -> list[Reply]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def one(index: int, client_ip: str, body: dict) -> Reply:
+            sent = time.time()
+            response = await client.post(
+                f"{urls[index % len(urls)]}/buy", json=body, headers={"x-forwarded-for": client_ip}
+            )
+            order_id = response.json().get("order_id") if response.status_code == 202 else None
+            return Reply(
+                response.status_code, order_id, response.headers.get("retry-after"), sent, time.time()
+            )
+
+        return await asyncio.gather(*(one(*request) for request in share))
+
+
+def _client_process(urls, share, start) -> list[Reply]:
+    start.wait()
+    return asyncio.run(_fire_share(urls, share))
+
+
+def fire_concurrently(urls: list[str], buyers: list[tuple[str, dict]], processes: int = 4) -> list[Reply]:
+    """Each buyer is (client ip, body); all processes start together on one signal."""
+    requests = [(i, ip, body) for i, (ip, body) in enumerate(buyers)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        start = manager.Event()
+        pending = [
+            pool.apply_async(_client_process, (urls, requests[p::processes], start)) for p in range(processes)
+        ]
+        start.set()
+        return [reply for result in pending for reply in result.get(timeout=120)]
+
+
+def _hammer_process(urls, client_ip, seconds, start) -> list[Reply]:
+    """One client asking as fast as it can for ``seconds``, round robin over the replicas."""
+    start.wait()
+    replies = []
+    with httpx.Client(timeout=10) as client:
+        deadline = time.time() + seconds
+        index = 0
+        while time.time() < deadline:
+            sent = time.time()
+            response = client.post(
+                f"{urls[index % len(urls)]}/buy", json={}, headers={"x-forwarded-for": client_ip}
+            )
+            replies.append(
+                Reply(response.status_code, None, response.headers.get("retry-after"), sent, time.time())
+            )
+            index += 1
+    return replies
+
+
+def hammer(urls: list[str], client_ip: str, seconds: float, processes: int = 4) -> list[Reply]:
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        start = manager.Event()
+        pending = [
+            pool.apply_async(_hammer_process, (urls, client_ip, seconds, start)) for _ in range(processes)
+        ]
+        start.set()
+        return [reply for result in pending for reply in result.get(timeout=seconds + 60)]

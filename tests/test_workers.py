@@ -1,0 +1,76 @@
+"""Workers under pressure: a hot row, and a worker killed in the middle of a job."""
+
+import os
+import signal
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from rq import Worker
+from rq.registry import FailedJobRegistry
+from sqlalchemy import text
+
+from db.orders import AdmittedOrder
+from db.seed import seed
+from service.throwaway import wait_until
+from tests.support.database import order_rows, product_state, status_counts
+from worker.queue import enqueue_order, order_queue
+
+pytestmark = pytest.mark.slow
+
+
+def _enqueue(redis, count, quantity=1):
+    queue = order_queue(redis)
+    orders = [
+        AdmittedOrder(uuid.uuid4(), 1, quantity, f"10.9.{i // 256}.{i % 256}", datetime.now(UTC))
+        for i in range(count)
+    ]
+    for order in orders:
+        enqueue_order(queue, order, job_timeout=3)
+    return [str(order.order_id) for order in orders]
+
+
+def test_eight_workers_drain_two_thousand_orders_on_one_hot_row(system, fresh_db, redis):
+    seed(fresh_db, redis, stock=10_000)
+    stock_before, version_before = product_state(fresh_db)
+    system.start_workers(8)
+    order_ids = _enqueue(redis, 2000)
+
+    wait_until(lambda: len(order_rows(fresh_db)) == 2000, 120, "2,000 decided orders", interval=0.5)
+    assert status_counts(fresh_db) == {("confirmed", None): 2000}
+    assert set(order_rows(fresh_db)) == set(order_ids)
+    assert product_state(fresh_db) == (stock_before - 2000, version_before + 2000)
+    assert FailedJobRegistry(queue=order_queue(redis)).count == 0
+
+
+def _busy_worker(redis, names):
+    for worker in Worker.all(queue=order_queue(redis)):
+        if worker.name in names and worker.get_state() == "busy":
+            return worker
+    return None
+
+
+def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, fresh_db, redis):
+    system.start_workers(3)
+    stock_before, _ = product_state(fresh_db)
+    # Hold the product row so every worker is stuck inside its optimistic-lock UPDATE.
+    blocker = fresh_db.connect()
+    blocker_tx = blocker.begin()
+    blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
+    order_ids = _enqueue(redis, 60)
+    names = {f"test-worker-{os.getpid()}-{i}" for i in range(3)}
+    try:
+        wait_until(lambda: _busy_worker(redis, names) is not None, 20, "a worker busy with a job")
+        victim = _busy_worker(redis, names)
+        process = next(p for p in system.workers if p.pid == victim.pid)
+        os.killpg(process.pid, signal.SIGKILL)  # the whole pod: worker and its scheduler
+        process.wait(10)
+    finally:
+        blocker_tx.rollback()
+        blocker.close()
+
+    # The dead worker's job is found by a live worker's maintenance sweep and run again.
+    wait_until(lambda: len(order_rows(fresh_db)) == 60, 60, "every order decided", interval=0.5)
+    assert set(order_rows(fresh_db)) == set(order_ids)
+    assert status_counts(fresh_db) == {("confirmed", None): 60}
+    assert product_state(fresh_db)[0] == stock_before - 60
