@@ -1,0 +1,1 @@
+"""Load and speed measurements (not tests): each script prints its figures."""
