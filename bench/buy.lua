@@ -1,0 +1,49 @@
+-- wrk script: POST /buy {} from many clients, told apart by X-Forwarded-For.
+-- BENCH_CLIENTS (default 2000) distinct addresses, spread over wrk's threads.
+-- done() prints one JSON line (prefixed "BENCH ") for bench/buy_load.py to read.
+
+local clients = tonumber(os.getenv("BENCH_CLIENTS") or "2000")
+local threads = {}
+local thread_count = 0
+local id = 0
+local sent = 0
+statuses = {}  -- global: done() reads each thread's copy with thread:get
+
+function setup(thread)
+  thread:set("id", thread_count)
+  thread_count = thread_count + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  id = wrk.thread:get("id")
+end
+
+function request()
+  local i = (sent * 64 + id) % clients
+  sent = sent + 1
+  local address = string.format("10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)
+  return wrk.format("POST", "/buy", {["Content-Type"] = "application/json", ["X-Forwarded-For"] = address}, "{}")
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local totals = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      totals[status] = (totals[status] or 0) + count
+    end
+  end
+  local parts = {}
+  for status, count in pairs(totals) do
+    table.insert(parts, string.format('"%d":%d', status, count))
+  end
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"socket_errors":%d,"statuses":{%s}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, errors, table.concat(parts, ",")))
+end
