@@ -71,38 +71,33 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 @contextmanager
+def _serving(command: list[str], port: int, name: str, timeout: float) -> Iterator[None]:
+    """Run a server until the block ends; ready once it listens on ``port``."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches our owner, which stops us last
+    )
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, timeout, name)
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        yield
+    finally:
+        _stop(process, timeout=20)
+
+
+@contextmanager
 def redis_server(port: int | None = None) -> Iterator[str]:
     """A redis-server without persistence, configured as the queue needs (noeviction)."""
     program = _find("redis-server")
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="flashsale-redis-") as directory:
-        process = subprocess.Popen(
-            [
-                program,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory-policy",
-                "noeviction",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches our owner, which stops us last
-        )
-        try:
-            wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 10, "redis-server")
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {process.returncode}")
+        command = [program, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        command += ["--maxmemory-policy", "noeviction", "--dir", directory]
+        with _serving(command, port, "redis-server", timeout=10):
             yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            _stop(process)
 
 
 def _as_postgres_user() -> list[str]:
@@ -130,33 +125,15 @@ def postgres_server(port: int | None = None) -> Iterator[str]:
         )
         if initialised.returncode != 0:
             raise RuntimeError(f"initdb failed in {base}: {initialised.stderr.strip()}")
-        process = subprocess.Popen(
-            [
-                *_as_postgres_user(),
-                postgres,
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={base}",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, 30, "PostgreSQL")
-            if process.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited with {process.returncode}")
+        command = [*_as_postgres_user(), postgres, "-D", str(data), "-p", str(port)]
+        for option in (
+            "listen_addresses=127.0.0.1",
+            f"unix_socket_directories={base}",
+            "fsync=off",
+            "max_connections=200",
+        ):
+            command += ["-c", option]
+        with _serving(command, port, "PostgreSQL", timeout=30):
             yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/flashsale"
-        finally:
-            _stop(process, timeout=20)
     finally:
         shutil.rmtree(base, ignore_errors=True)
