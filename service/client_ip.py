@@ -19,6 +19,11 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Se
     return any(address in network for network in trusted)
 
 
+def is_trusted_peer(peer: str, trusted: Sequence[IPNetwork]) -> bool:
+    address = _parse(peer)
+    return address is not None and _trusted(address, trusted)
+
+
 def resolve_client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]) -> str:
     """The right-most address in the proxy chain that is not one of our trusted proxies.
 

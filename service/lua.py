@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.commands.core import AsyncScript, Script
 
-SCRIPT_NAMES = ("token_bucket", "reserve_stock")
+SCRIPT_NAMES = ("token_buckets", "reserve_stock")
 
 
 class Scripts:
@@ -19,7 +19,7 @@ class Scripts:
             # register_script runs EVALSHA and reloads the script on NOSCRIPT.
             setattr(self, name, client.register_script(source))
 
-    token_bucket: Script | AsyncScript
+    token_buckets: Script | AsyncScript
     reserve_stock: Script | AsyncScript
 
 

@@ -1,66 +1,194 @@
-"""Token-bucket decisions from ``lua/token_bucket.lua`` and the headers that report them."""
+"""The rate limiter: one atomic Lua call checks and charges every limit of a route's policy.
+
+Around that call: a local deny cache (429 without Redis while a bucket is known empty), a
+timeout and a circuit breaker (a dead Redis never makes requests hang), and the route's
+failure mode (closed: 503; open: admit and count it).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import time
 from dataclasses import dataclass
+from enum import StrEnum
 
-from service.lua import Scripts
+from redis.exceptions import RedisError
 
-MICRO = 1_000_000
+from service.breaker import BreakerState, CircuitBreaker
+from service.deny_cache import DenyCache
+from service.identity import ClientIdentity, identity_of
+from service.metrics import LIMITER_DECISIONS, LIMITER_DEGRADED
+from service.policies import LimitSpec, RoutePolicy
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    ADMITTED = "admitted"
+    LIMITED = "limited"
+    FAILED_OPEN = "failed_open"
+    """Redis could not decide and the route fails open: admitted, uncounted."""
+    FAILED_CLOSED = "failed_closed"
+    """Redis could not decide and the route fails closed: 503."""
+    UNLIMITED = "unlimited"
+    """The route has no policy."""
 
 
 @dataclass(frozen=True, slots=True)
-class Limit:
-    """One token bucket: ``capacity`` tokens, refilled at ``refill_per_sec``."""
-
-    name: str
-    capacity: int
-    refill_per_sec: float
-
-    @property
-    def refill_micro_per_sec(self) -> int:
-        return max(1, round(self.refill_per_sec * MICRO))
-
-    @property
-    def window_seconds(self) -> int:
-        """Seconds an empty bucket takes to fill: the policy's window."""
-        return max(1, math.ceil(self.capacity / self.refill_per_sec))
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
+class LimitState:
+    limit: LimitSpec
     allowed: bool
     remaining: int
     retry_after_ms: int
     reset_ms: int
 
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    policy: RoutePolicy | None = None
+    states: tuple[LimitState, ...] = ()
+    cached: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome in (Outcome.ADMITTED, Outcome.FAILED_OPEN, Outcome.UNLIMITED)
+
+    @property
+    def violated(self) -> list[str]:
+        return [state.limit.name for state in self.states if not state.allowed]
+
     @property
     def retry_after_seconds(self) -> int:
-        """``Retry-After`` is whole seconds: round up, so a client never comes back too early."""
-        return max(1, math.ceil(self.retry_after_ms / 1000))
+        """Whole seconds, rounded up, until every violated limit has room again (at least 1)."""
+        longest = max((s.retry_after_ms for s in self.states if not s.allowed), default=0)
+        return max(1, math.ceil(longest / 1000))
 
 
-def bucket_key(limit: Limit, identity: str) -> str:
-    return f"fs:rl:{{{limit.name}:{identity}}}"
+def bucket_keys(route: str, policy: RoutePolicy, client: ClientIdentity) -> list[str]:
+    """One key per limit, all under one hash tag so the script runs on one Cluster slot.
+
+    When every limit counts the same identity, the tag includes it and buckets spread over
+    the cluster; a policy mixing identities (say per-IP and global) shares one slot per route.
+    """
+    identities = [identity_of(limit.key, client) for limit in policy.limits]
+    if len(set(identities)) == 1:
+        return [f"fs:rl:{{{route}:{identities[0]}}}:{limit.name}" for limit in policy.limits]
+    return [
+        f"fs:rl:{{{route}}}:{limit.name}:{identity}"
+        for limit, identity in zip(policy.limits, identities, strict=True)
+    ]
 
 
-async def take(scripts: Scripts, limit: Limit, identity: str, cost: int = 1) -> Decision:
-    """Charge ``cost`` tokens from ``identity``'s bucket, or deny without charging."""
-    allowed, remaining, retry_ms, reset_ms = await scripts.token_bucket(
-        keys=[bucket_key(limit, identity)],
-        args=[limit.capacity, limit.refill_micro_per_sec, cost],
+def script_arguments(policy: RoutePolicy, app_now_us: int | None) -> list[int | str]:
+    args: list[int | str] = ["" if app_now_us is None else app_now_us]
+    for limit in policy.limits:
+        args += [limit.capacity, limit.refill_micro_per_sec, limit.cost]
+    return args
+
+
+def parse_reply(policy: RoutePolicy, reply: list[int]) -> Verdict:
+    admitted = bool(reply[0])
+    states = tuple(
+        LimitState(limit, bool(reply[2 + 4 * i]), *(int(v) for v in reply[3 + 4 * i : 6 + 4 * i]))
+        for i, limit in enumerate(policy.limits)
     )
-    return Decision(bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
+    return Verdict(Outcome.ADMITTED if admitted else Outcome.LIMITED, policy, states)
 
 
-def ratelimit_headers(limit: Limit, decision: Decision) -> dict[str, str]:
-    """IETF RateLimit-Policy / RateLimit fields (structured-field form), plus Retry-After on a deny."""
-    reset_seconds = math.ceil((decision.retry_after_ms or decision.reset_ms) / 1000)
+class Limiter:
+    def __init__(self, script, settings: Settings) -> None:
+        self._script = script
+        self.policies = settings.policies
+        self._app_clock = settings.rate_clock == "app"
+        self._timeout = settings.limiter_timeout_ms / 1000
+        self.breaker = CircuitBreaker(
+            settings.limiter_breaker_failures, settings.limiter_breaker_cooldown_ms / 1000
+        )
+        self.deny_cache = DenyCache() if settings.limiter_deny_cache else None
+
+    @property
+    def degraded(self) -> bool:
+        return self.breaker.state is not BreakerState.CLOSED
+
+    async def check(self, route: str, client: ClientIdentity) -> Verdict:
+        policy = self.policies.get(route)
+        if policy is None:
+            return self._count(route, Verdict(Outcome.UNLIMITED))
+        keys = bucket_keys(route, policy, client)
+        if self.deny_cache is not None and (hit := self.deny_cache.remaining(keys)):
+            key, seconds = hit
+            state = LimitState(policy.limits[keys.index(key)], False, 0, math.ceil(seconds * 1000), 0)
+            return self._count(route, Verdict(Outcome.LIMITED, policy, (state,), cached=True))
+        if not self.breaker.allow():
+            return self._count(route, self._failed(policy))
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._script(keys=keys, args=script_arguments(policy, self._app_now_us()))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._record(success=False, error=exc)
+            return self._count(route, self._failed(policy))
+        self._record(success=True)
+        verdict = parse_reply(policy, reply)
+        if verdict.outcome is Outcome.LIMITED and self.deny_cache is not None:
+            for key, state in zip(keys, verdict.states, strict=True):
+                if not state.allowed:
+                    self.deny_cache.deny(key, state.retry_after_ms / 1000)
+        return self._count(route, verdict)
+
+    def _app_now_us(self) -> int | None:
+        return time.time_ns() // 1000 if self._app_clock else None
+
+    @staticmethod
+    def _failed(policy: RoutePolicy) -> Verdict:
+        outcome = Outcome.FAILED_OPEN if policy.on_redis_error == "open" else Outcome.FAILED_CLOSED
+        return Verdict(outcome, policy)
+
+    def _record(self, success: bool, error: Exception | None = None) -> None:
+        before = self.breaker.state
+        if success:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+        after = self.breaker.state
+        LIMITER_DEGRADED.set(int(after is not BreakerState.CLOSED))
+        if after is not before and after is BreakerState.OPEN:
+            log.warning("limiter degraded: circuit open", extra={"error": type(error).__name__})
+        elif after is not before and after is BreakerState.CLOSED:
+            log.info("limiter recovered: circuit closed")
+
+    @staticmethod
+    def _count(route: str, verdict: Verdict) -> Verdict:
+        outcome = "limited_cached" if verdict.cached else verdict.outcome.value
+        LIMITER_DECISIONS.labels(route=route, outcome=outcome).inc()
+        return verdict
+
+
+def ratelimit_headers(verdict: Verdict, legacy: bool = False) -> dict[str, str]:
+    """IETF RateLimit-Policy / RateLimit fields (structured-field lists), Retry-After on a 429,
+    and optionally the legacy X-RateLimit-* trio for the most constraining limit."""
+    if verdict.policy is None:
+        return {}
     headers = {
-        "RateLimit-Policy": f'"{limit.name}";q={limit.capacity};w={limit.window_seconds}',
-        "RateLimit": f'"{limit.name}";r={decision.remaining};t={reset_seconds}',
+        "RateLimit-Policy": ", ".join(
+            f'"{limit.name}";q={limit.capacity};w={limit.window_seconds}' for limit in verdict.policy.limits
+        )
     }
-    if not decision.allowed:
-        headers["Retry-After"] = str(decision.retry_after_seconds)
+    if verdict.states:
+        headers["RateLimit"] = ", ".join(
+            f'"{s.limit.name}";r={s.remaining};t={math.ceil((s.retry_after_ms or s.reset_ms) / 1000)}'
+            for s in verdict.states
+        )
+        if legacy:
+            tightest = min(verdict.states, key=lambda s: (s.allowed, s.remaining))
+            headers["X-RateLimit-Limit"] = str(tightest.limit.capacity)
+            headers["X-RateLimit-Remaining"] = str(tightest.remaining)
+            headers["X-RateLimit-Reset"] = str(
+                math.ceil((tightest.retry_after_ms or tightest.reset_ms) / 1000)
+            )
+    if verdict.outcome is Outcome.LIMITED:
+        headers["Retry-After"] = str(verdict.retry_after_seconds)
     return headers

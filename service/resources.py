@@ -9,19 +9,21 @@ from litestar import Litestar
 from litestar.datastructures import State
 from redis import Redis
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from rq import Queue
 from sqlalchemy import Engine
 
 from db.session import make_engine
 from service.lua import Scripts, load_scripts
-from service.ratelimit import Limit
+from service.ratelimit import Limiter
 from service.settings import Settings
 from worker.queue import order_queue
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
 REDIS_POOL_SIZE = 64
 """Connections per process; a burst beyond it waits for a free one instead of failing."""
-BUY_LIMIT_NAME = "buy"
 
 
 class Resources:
@@ -31,7 +33,7 @@ class Resources:
         self,
         settings: Settings,
         redis: aioredis.Redis,
-        limiter_redis: aioredis.Redis,
+        limiter_redis: aioredis.Redis | RedisCluster,
         queue: Queue,
         engine: Engine,
     ) -> None:
@@ -40,11 +42,10 @@ class Resources:
         """Main Redis: stock gate, order jobs."""
         self.scripts: Scripts = load_scripts(redis, settings.lua_dir)
         self.limiter_redis = limiter_redis
-        self.limiter_scripts: Scripts = load_scripts(limiter_redis, settings.lua_dir)
+        self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir).token_buckets, settings)
         self.queue = queue
         """RQ is synchronous: enqueue in a worker thread."""
         self.engine = engine
-        self.buy_limit = Limit(BUY_LIMIT_NAME, settings.rate_capacity, settings.rate_refill_per_sec)
         self.ready = True
 
 
@@ -60,14 +61,25 @@ def async_redis_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
+def limiter_redis_client(settings: Settings) -> aioredis.Redis | RedisCluster:
+    """The limiter's Redis fails fast, without retries: the limiter's own timeout and
+    circuit breaker decide what a failure means."""
+    no_retry = Retry(NoBackoff(), 0)
+    if settings.limiter_redis_cluster:
+        return RedisCluster.from_url(
+            settings.limiter_redis_url,
+            decode_responses=True,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+            retry=no_retry,
+        )
+    client = async_redis_client(settings.limiter_redis_url)
+    client.set_retry(no_retry)
+    return client
+
+
 def open_resources(settings: Settings) -> Resources:
     """Build every client; nothing connects until first used."""
-    redis = async_redis_client(settings.redis_url)
-    limiter_redis = (
-        redis
-        if settings.limiter_redis_url == settings.redis_url
-        else async_redis_client(settings.limiter_redis_url)
-    )
     sync_redis = Redis.from_url(
         settings.redis_url,
         socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
@@ -75,8 +87,8 @@ def open_resources(settings: Settings) -> Resources:
     )
     return Resources(
         settings=settings,
-        redis=redis,
-        limiter_redis=limiter_redis,
+        redis=async_redis_client(settings.redis_url),
+        limiter_redis=limiter_redis_client(settings),
         queue=order_queue(sync_redis),
         engine=make_engine(settings.database_url),
     )
@@ -84,8 +96,7 @@ def open_resources(settings: Settings) -> Resources:
 
 async def close_resources(resources: Resources) -> None:
     await resources.redis.aclose()
-    if resources.limiter_redis is not resources.redis:
-        await resources.limiter_redis.aclose()
+    await resources.limiter_redis.aclose()
     resources.queue.connection.close()
     resources.engine.dispose()
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from service.policies import Policies, PolicyError, default_policies, load_policy_file, parse_policies
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/flashsale"
@@ -35,8 +37,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_capacity: int = 5
     """Burst size of each client's token bucket for ``POST /buy``."""
     rate_refill_per_sec: float = 1.0
+    rate_policies: str | None = None
+    """JSON policy document (see service/policies.py); overrides capacity and refill."""
+    rate_policy_file: Path | None = None
+    """A JSON or TOML policy file (e.g. a mounted ConfigMap); wins over ``rate_policies``."""
+    rate_clock: str = "redis"
+    """``redis``: buckets use Redis TIME; ``app``: the API's clock, bounded by Redis's expiry clock."""
+    rate_legacy_headers: bool = False
+    """Also send X-RateLimit-Limit/-Remaining/-Reset for old clients."""
     trusted_proxies: tuple[IPNetwork, ...] = ()
     """Peers whose ``X-Forwarded-For`` is believed."""
+    customer_id_header: str | None = None
+    """Header naming the customer, set by the auth gateway; believed only from trusted proxies."""
+    api_key_header: str = "x-api-key"
+    limiter_redis_cluster: bool = False
+    """The limiter Redis is a Redis Cluster (the main Redis never can be: RQ needs one node)."""
+    limiter_timeout_ms: int = 1000
+    """Longest the API waits for one limiter decision before treating Redis as failed. Keep it
+    above the API's own p99 under load: an overloaded event loop resumes a request late even
+    when Redis answered at once, and that must not count as a Redis failure."""
+    limiter_breaker_failures: int = 5
+    """Consecutive limiter failures that open the circuit breaker."""
+    limiter_breaker_cooldown_ms: int = 2000
+    """How long an open breaker answers without Redis before one request probes it again."""
+    limiter_deny_cache: bool = True
+    """Answer 429 locally, without Redis, while a bucket is known to be empty."""
     admin_token: str | None = None
     cors_origins: tuple[str, ...] = ()
     host: str = "0.0.0.0"
@@ -47,6 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_maintenance_interval: int = 5
     """Seconds between a worker's sweeps for jobs abandoned by dead workers."""
     lua_dir: Path = REPO_ROOT / "lua"
+    policies: Policies = msgspec.field(default_factory=lambda: default_policies(5, 1.0))
+    """Parsed from the fields above at start; not a variable of its own."""
 
     def __repr__(self) -> str:  # never print the admin token or URL passwords
         return f"Settings(redis={redact_url(self.redis_url)}, database={redact_url(self.database_url)})"
@@ -107,6 +134,34 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _rate_clock(raw: str) -> str:
+    if raw not in {"redis", "app"}:
+        raise ValueError("must be redis or app")
+    return raw
+
+
+def _header_name(raw: str) -> str:
+    if not raw.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("must be an HTTP header name")
+    return raw.lower()
+
+
+def _file(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError("must name an existing file")
+    return path
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -128,7 +183,18 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "database_url": _database_url,
     "rate_capacity": _positive_int,
     "rate_refill_per_sec": _positive_float,
+    "rate_policies": str,
+    "rate_policy_file": _file,
+    "rate_clock": _rate_clock,
+    "rate_legacy_headers": _boolean,
     "trusted_proxies": _networks,
+    "customer_id_header": _header_name,
+    "api_key_header": _header_name,
+    "limiter_redis_cluster": _boolean,
+    "limiter_timeout_ms": _positive_int,
+    "limiter_breaker_failures": _positive_int,
+    "limiter_breaker_cooldown_ms": _positive_int,
+    "limiter_deny_cache": _boolean,
     "admin_token": str,
     "cors_origins": _csv,
     "host": str,
@@ -154,11 +220,27 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             values[field] = parse(raw)
         except ValueError as exc:
             problems.append(f"{name}: {exc}")
+    if not problems:
+        try:
+            values["policies"] = _policies(values)
+        except PolicyError as exc:
+            source = (
+                "FLASHSALE_RATE_POLICY_FILE" if "rate_policy_file" in values else "FLASHSALE_RATE_POLICIES"
+            )
+            problems.append(f"{source}: {exc}")
     if problems:
         raise SettingsError("invalid configuration: " + "; ".join(problems))
     if "limiter_redis_url" not in values and "redis_url" in values:
         values["limiter_redis_url"] = values["redis_url"]
     return Settings(**values)
+
+
+def _policies(values: dict[str, Any]) -> Policies:
+    if "rate_policy_file" in values:
+        return load_policy_file(values["rate_policy_file"])
+    if "rate_policies" in values:
+        return parse_policies(values["rate_policies"])
+    return default_policies(values.get("rate_capacity", 5), values.get("rate_refill_per_sec", 1.0))
 
 
 @cache

@@ -12,20 +12,12 @@ from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
 from db.orders import AdmittedOrder, find_product
-from service.client_ip import resolve_client_ip
 from service.errors import UNAVAILABLE_RETRY_AFTER_SECONDS, problem
-from service.ratelimit import ratelimit_headers, take
 from service.resources import Resources
+from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import BuyAccepted, BuyRequest
 from service.stock_gate import Reservation, release, reserve, set_gate
 from worker.queue import enqueue_order
-
-
-def client_of(request: Request, resources: Resources) -> str:
-    peer = request.client.host if request.client else ""
-    return resolve_client_ip(
-        peer, request.headers.getall("x-forwarded-for", []), resources.settings.trusted_proxies
-    )
 
 
 async def reserve_units(resources: Resources, product_id: int, quantity: int) -> Reservation:
@@ -48,18 +40,7 @@ async def buy(
     request: Request, resources: NamedDependency[Resources], data: JSONBody[BuyRequest | None] = None
 ) -> Response[BuyAccepted]:
     wanted = data or BuyRequest()
-    client = client_of(request, resources)
-    limit = resources.buy_limit
-    decision = await take(resources.limiter_scripts, limit, f"ip:{client}")
-    headers = ratelimit_headers(limit, decision)
-    if not decision.allowed:
-        raise problem(
-            429,
-            "rate-limited",
-            f"Too many requests; retry in {decision.retry_after_seconds}s.",
-            headers=headers,
-            limit=limit.name,
-        )
+    client, headers = await enforce_rate_limit("buy", request, resources)
 
     reservation = await reserve_units(resources, wanted.product_id, wanted.quantity)
     if not reservation.reserved:
@@ -73,7 +54,7 @@ async def buy(
             available=reservation.left,
         )
 
-    order = AdmittedOrder(uuid.uuid4(), wanted.product_id, wanted.quantity, client, datetime.now(UTC))
+    order = AdmittedOrder(uuid.uuid4(), wanted.product_id, wanted.quantity, client.ip, datetime.now(UTC))
     try:
         await to_thread.run_sync(
             enqueue_order, resources.queue, order, resources.settings.job_timeout_seconds

@@ -31,12 +31,18 @@ async def _redis_ok(client) -> bool:
 async def readyz(resources: NamedDependency[Resources]) -> Response[dict]:
     checks = {
         "redis": await _redis_ok(resources.redis),
-        "limiter_redis": await _redis_ok(resources.limiter_redis),
         "database": await to_thread.run_sync(database_reachable, resources.engine),
         "accepting": resources.ready,
     }
     ready = all(checks.values())
+    # The limiter is reported, not required: a route that fails open must keep serving
+    # while the limiter's Redis is away, so its pods stay ready.
+    limiter = {
+        "redis": await _redis_ok(resources.limiter_redis),
+        "breaker": resources.limiter.breaker.state.value,
+        "degraded": resources.limiter.degraded,
+    }
     return Response(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": "ready" if ready else "unavailable", "checks": checks, "limiter": limiter},
         status_code=200 if ready else 503,
     )

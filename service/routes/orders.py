@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from anyio import to_thread
-from litestar import get
+from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
@@ -13,6 +13,7 @@ from db.models import OrderStatus, RejectReason
 from db.orders import find_order
 from service.errors import problem
 from service.resources import Resources
+from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import OrderView
 from worker.queue import job_key
 
@@ -21,7 +22,14 @@ GAVE_UP_JOB_STATES = {"failed", "stopped", "canceled"}
 
 
 @get("/orders/{order_id:uuid}", summary="Follow an order", operation_id="getOrder")
-async def get_order(order_id: FromPath[uuid.UUID], resources: NamedDependency[Resources]) -> OrderView:
+async def get_order(
+    order_id: FromPath[uuid.UUID], request: Request, resources: NamedDependency[Resources]
+) -> Response[OrderView]:
+    _, headers = await enforce_rate_limit("orders", request, resources)
+    return Response(await _order_view(order_id, resources), headers=headers)
+
+
+async def _order_view(order_id: uuid.UUID, resources: Resources) -> OrderView:
     # The job is read before the row: a worker commits the row before it finishes the job,
     # so a job seen pending or gone always means the row is the answer from then on.
     job_state = await resources.redis.hget(job_key(str(order_id)), "status")

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from anyio import to_thread
-from litestar import get
+from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from db.orders import find_product
 from service.errors import problem
 from service.resources import Resources
+from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import ProductView
 from service.stock_gate import gate_key
 
 
 @get("/products/{product_id:int}", summary="A product and its sale state", operation_id="getProduct")
-async def get_product(product_id: FromPath[int], resources: NamedDependency[Resources]) -> ProductView:
+async def get_product(
+    product_id: FromPath[int], request: Request, resources: NamedDependency[Resources]
+) -> Response[ProductView]:
+    _, headers = await enforce_rate_limit("products", request, resources)
     product = await to_thread.run_sync(find_product, resources.engine, product_id)
     if product is None:
         raise problem(404, "unknown-product", f"There is no product {product_id}.")
     gate = await resources.redis.get(gate_key(product_id))
     available = product.stock if gate is None else max(0, int(gate))
-    return ProductView(
+    view = ProductView(
         id=product.id,
         name=product.name,
         price=f"{product.price:.2f}",
@@ -29,3 +33,4 @@ async def get_product(product_id: FromPath[int], resources: NamedDependency[Reso
         available=available,
         sold_out=available == 0,
     )
+    return Response(view, headers=headers)
