@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 POSTGRES_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -98,6 +99,55 @@ def redis_server(port: int | None = None) -> Iterator[str]:
         command += ["--maxmemory-policy", "noeviction", "--dir", directory]
         with _serving(command, port, "redis-server", timeout=10):
             yield f"redis://127.0.0.1:{port}/0"
+
+
+def _free_cluster_port() -> int:
+    """A port free together with port + 10000 (a cluster node's bus port)."""
+    while True:
+        port = random.randint(20_000, 29_999)
+        if not port_open("127.0.0.1", port, 0.05) and not port_open("127.0.0.1", port + 10_000, 0.05):
+            return port
+
+
+def _cluster_ok(ports: list[int]) -> bool:
+    from redis import Redis
+
+    for port in ports:
+        with Redis(port=port, socket_timeout=1) as node:
+            if node.cluster("INFO").get("cluster_state") != "ok":
+                return False
+    return True
+
+
+@contextmanager
+def redis_cluster(nodes: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``nodes`` primaries (no replicas), for the limiter's cluster mode."""
+    program, cli = _find("redis-server"), _find("redis-cli")
+    ports = [_free_cluster_port() for _ in range(nodes)]
+    with tempfile.TemporaryDirectory(prefix="flashsale-cluster-") as directory, ExitStack() as servers:
+        for port in ports:
+            node_dir = Path(directory) / str(port)
+            node_dir.mkdir()
+            command = [program, "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes"]
+            command += ["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"]
+            servers.enter_context(
+                _serving([*command, "--dir", str(node_dir)], port, f"cluster node {port}", 10)
+            )
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        wait_until(lambda: _cluster_ok(ports), 30, "cluster_state:ok", interval=0.2)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
 
 
 def _as_postgres_user() -> list[str]:

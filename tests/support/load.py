@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import time
 from dataclasses import dataclass
@@ -55,31 +56,59 @@ def fire_concurrently(urls: list[str], buyers: list[tuple[str, dict]], processes
         return [reply for result in pending for reply in result.get(timeout=120)]
 
 
-def _hammer_process(urls, client_ip, seconds, start) -> list[Reply]:
-    """One client asking as fast as it can for ``seconds``, round robin over the replicas."""
+def _hammer_process(urls, clients, seconds, start) -> list[tuple[int, Reply]]:
+    """Clients (header sets) asking in turn as fast as they can for ``seconds``, round robin
+    over the replicas; returns (client index, reply) pairs."""
     start.wait()
     replies = []
     with httpx.Client(timeout=10) as client:
         deadline = time.time() + seconds
         index = 0
         while time.time() < deadline:
+            who, headers = clients[index % len(clients)]
             sent = time.time()
-            response = client.post(
-                f"{urls[index % len(urls)]}/buy", json={}, headers={"x-forwarded-for": client_ip}
-            )
-            replies.append(
-                Reply(response.status_code, None, response.headers.get("retry-after"), sent, time.time())
-            )
+            response = client.post(f"{urls[index % len(urls)]}/buy", json={}, headers=headers)
+            retry_after = response.headers.get("retry-after")
+            replies.append((who, Reply(response.status_code, None, retry_after, sent, time.time())))
             index += 1
     return replies
 
 
-def hammer(urls: list[str], client_ip: str, seconds: float, processes: int = 4) -> list[Reply]:
+def hammer_clients(
+    urls: list[str], clients: list[dict[str, str]], seconds: float, processes: int = 4
+) -> dict[int, list[Reply]]:
+    """Every client hammers ``POST /buy`` for ``seconds``; replies grouped by client index."""
+    numbered = list(enumerate(clients))
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(processes) as pool:
         start = manager.Event()
         pending = [
-            pool.apply_async(_hammer_process, (urls, client_ip, seconds, start)) for _ in range(processes)
+            pool.apply_async(_hammer_process, (urls, numbered[p::processes] or numbered, seconds, start))
+            for p in range(processes)
         ]
         start.set()
-        return [reply for result in pending for reply in result.get(timeout=seconds + 60)]
+        grouped: dict[int, list[Reply]] = {}
+        for result in pending:
+            for who, reply in result.get(timeout=seconds + 60):
+                grouped.setdefault(who, []).append(reply)
+    return grouped
+
+
+def hammer(urls: list[str], client_ip: str, seconds: float, processes: int = 4) -> list[Reply]:
+    """One client, from several processes at once."""
+    clients = [{"x-forwarded-for": client_ip}] * processes
+    return [
+        reply for replies in hammer_clients(urls, clients, seconds, processes).values() for reply in replies
+    ]
+
+
+def assert_admitted_within(replies, bound_for):
+    """Only whole tokens are ever handed out: between floor(bound) - 1 and bound + 1 admitted,
+    the upper bound over the whole exchange, the lower over the time requests were still sent."""
+    first_sent = min(r.sent_at for r in replies)
+    upper = bound_for(max(r.done_at for r in replies) - first_sent) + 1
+    lower = math.floor(bound_for(max(r.sent_at for r in replies) - first_sent)) - 1
+    admitted = sum(r.status == 202 for r in replies)
+    assert len(replies) > 5 * upper, "the client must ask far more than it may have"
+    assert {r.status for r in replies} <= {202, 429}
+    assert lower <= admitted <= upper, (lower, admitted, upper)

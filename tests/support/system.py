@@ -44,22 +44,24 @@ class System:
     def url(self) -> str:
         return self.urls[0]
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
         return subprocess.Popen(
             [sys.executable, "-m", "service.cli", *args],
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    def start_apis(self, count: int) -> None:
+    def start_apis(self, count: int, extra_env: dict[str, str] | None = None) -> None:
         started = []
         for _ in range(count):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            process = self._spawn(f"api-{port}", "api", "--host", "127.0.0.1", "--port", str(port))
+            process = self._spawn(
+                f"api-{port}", "api", "--host", "127.0.0.1", "--port", str(port), extra_env=extra_env
+            )
             started.append((process, url))
         self.apis += started
         for process, url in started:
