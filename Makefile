@@ -33,8 +33,9 @@ format: $(INSTALLED) ## rewrite files to ruff's formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(INSTALLED) ## flash-sale load against the system on FLASHSALE_BENCH_URL (default a fresh one)
+bench: $(INSTALLED) ## measure /buy under load and the limiter (needs wrk); prints the figures
 	$(BIN)/python -m bench.buy_load
+	$(BIN)/python -m bench.limiter
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
