@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a clear one-line reason, not a traceback, for start-up failures
         from db.migrate import DatabaseUnavailable
+        from service.queue_redis import EvictingRedis
         from service.throwaway import MissingServerBinary
 
-        if isinstance(exc, DatabaseUnavailable | MissingServerBinary):
+        if isinstance(exc, DatabaseUnavailable | MissingServerBinary | EvictingRedis):
             log.error(str(exc))
             return 1
         raise

@@ -83,20 +83,13 @@ def bucket_keys(route: str, policy: RoutePolicy, client: ClientIdentity) -> list
     ]
 
 
-def script_arguments(policy: RoutePolicy, app_now_us: int | None) -> list[int | str]:
-    args: list[int | str] = ["" if app_now_us is None else app_now_us]
-    for limit in policy.limits:
-        args += [limit.capacity, limit.refill_micro_per_sec, limit.cost]
-    return args
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A route's policy and the buckets one client's request touches."""
 
-
-def parse_reply(policy: RoutePolicy, reply: list[int]) -> Verdict:
-    admitted = bool(reply[0])
-    states = tuple(
-        LimitState(limit, bool(reply[2 + 4 * i]), *(int(v) for v in reply[3 + 4 * i : 6 + 4 * i]))
-        for i, limit in enumerate(policy.limits)
-    )
-    return Verdict(Outcome.ADMITTED if admitted else Outcome.LIMITED, policy, states)
+    route: str
+    policy: RoutePolicy
+    keys: list[str]
 
 
 class Limiter:
@@ -109,38 +102,64 @@ class Limiter:
             settings.limiter_breaker_failures, settings.limiter_breaker_cooldown_ms / 1000
         )
         self.deny_cache = DenyCache() if settings.limiter_deny_cache else None
+        self.shares_main_redis = (
+            settings.limiter_redis_url == settings.redis_url and not settings.limiter_redis_cluster
+        )
+        """True when the buckets live on the main Redis, so admission can check them in its own call."""
 
     @property
     def degraded(self) -> bool:
         return self.breaker.state is not BreakerState.CLOSED
 
-    async def check(self, route: str, client: ClientIdentity) -> Verdict:
+    def plan(self, route: str, client: ClientIdentity) -> Plan | None:
         policy = self.policies.get(route)
-        if policy is None:
-            return self._count(route, Verdict(Outcome.UNLIMITED))
-        keys = bucket_keys(route, policy, client)
-        if self.deny_cache is not None and (hit := self.deny_cache.remaining(keys)):
-            key, seconds = hit
-            state = LimitState(policy.limits[keys.index(key)], False, 0, math.ceil(seconds * 1000), 0)
-            return self._count(route, Verdict(Outcome.LIMITED, policy, (state,), cached=True))
-        if not self.breaker.allow():
-            return self._count(route, self._failed(policy))
-        try:
-            async with asyncio.timeout(self._timeout):
-                reply = await self._script(keys=keys, args=script_arguments(policy, self._app_now_us()))
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._record(success=False, error=exc)
-            return self._count(route, self._failed(policy))
-        self._record(success=True)
-        verdict = parse_reply(policy, reply)
-        if verdict.outcome is Outcome.LIMITED and self.deny_cache is not None:
-            for key, state in zip(keys, verdict.states, strict=True):
+        return None if policy is None else Plan(route, policy, bucket_keys(route, policy, client))
+
+    def arguments(self, plan: Plan | None) -> list[int | str]:
+        """The clock argument, then capacity, refill and cost per bucket."""
+        args: list[int | str] = ["" if not self._app_clock else time.time_ns() // 1000]
+        for limit in plan.policy.limits if plan else ():
+            args += [limit.capacity, limit.refill_micro_per_sec, limit.cost]
+        return args
+
+    def cached_denial(self, plan: Plan) -> Verdict | None:
+        """A 429 from memory, while one of the buckets is known to be empty."""
+        if self.deny_cache is None or not (hit := self.deny_cache.remaining(plan.keys)):
+            return None
+        key, seconds = hit
+        state = LimitState(plan.policy.limits[plan.keys.index(key)], False, 0, math.ceil(seconds * 1000), 0)
+        return self._count(plan.route, Verdict(Outcome.LIMITED, plan.policy, (state,), cached=True))
+
+    def conclude(self, plan: Plan, admitted: bool, values: list[int]) -> Verdict:
+        """The verdict from a script's per-bucket reply values; remembers empty buckets."""
+        states = tuple(
+            LimitState(limit, bool(values[4 * i]), *(int(v) for v in values[4 * i + 1 : 4 * i + 4]))
+            for i, limit in enumerate(plan.policy.limits)
+        )
+        verdict = Verdict(Outcome.ADMITTED if admitted else Outcome.LIMITED, plan.policy, states)
+        if not admitted and self.deny_cache is not None:
+            for key, state in zip(plan.keys, states, strict=True):
                 if not state.allowed:
                     self.deny_cache.deny(key, state.retry_after_ms / 1000)
-        return self._count(route, verdict)
+        return self._count(plan.route, verdict)
 
-    def _app_now_us(self) -> int | None:
-        return time.time_ns() // 1000 if self._app_clock else None
+    async def check(self, route: str, client: ClientIdentity) -> Verdict:
+        """Decide on the limiter's Redis alone (token_buckets.lua), behind timeout and breaker."""
+        plan = self.plan(route, client)
+        if plan is None:
+            return self._count(route, Verdict(Outcome.UNLIMITED))
+        if cached := self.cached_denial(plan):
+            return cached
+        if not self.breaker.allow():
+            return self._count(route, self._failed(plan.policy))
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._script(keys=plan.keys, args=self.arguments(plan))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._record(success=False, error=exc)
+            return self._count(route, self._failed(plan.policy))
+        self._record(success=True)
+        return self.conclude(plan, bool(reply[0]), reply[2:])
 
     @staticmethod
     def _failed(policy: RoutePolicy) -> Verdict:

@@ -17,9 +17,10 @@ from sqlalchemy import Engine
 
 from db.session import make_engine
 from service.lua import Scripts, load_scripts
+from service.queue_redis import check_no_eviction_async
 from service.ratelimit import Limiter
 from service.settings import Settings
-from worker.queue import order_queue
+from worker.queue import OrderJobFields, order_queue
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
 REDIS_POOL_SIZE = 64
@@ -44,7 +45,8 @@ class Resources:
         self.limiter_redis = limiter_redis
         self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir).token_buckets, settings)
         self.queue = queue
-        """RQ is synchronous: enqueue in a worker thread."""
+        """The RQ queue; admit.lua writes its jobs."""
+        self.job_fields = OrderJobFields(queue, settings.job_timeout_seconds)
         self.engine = engine
         self.ready = True
 
@@ -106,6 +108,7 @@ def resources_lifespan(settings: Settings):
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         resources = open_resources(settings)
         app.state.resources = resources
+        await check_no_eviction_async(resources.redis)
         try:
             yield
         finally:

@@ -6,28 +6,11 @@ the database at any time (seed, restock, or a Redis that lost it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-
-from service.lua import Scripts
 
 
 def gate_key(product_id: int) -> str:
     return f"fs:{{p:{product_id}}}:stock"
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    reserved: bool
-    left: int
-    gate_missing: bool = False
-
-
-async def reserve(scripts: Scripts, product_id: int, quantity: int) -> Reservation:
-    code, left = await scripts.reserve_stock(keys=[gate_key(product_id)], args=[quantity])
-    if code == -1:
-        return Reservation(reserved=False, left=0, gate_missing=True)
-    return Reservation(reserved=code == 1, left=int(left))
 
 
 def set_gate(redis: Any, product_id: int, units: int, only_if_missing: bool = False) -> Any:

@@ -90,13 +90,14 @@ def _serving(command: list[str], port: int, name: str, timeout: float) -> Iterat
 
 
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[str]:
-    """A redis-server without persistence, configured as the queue needs (noeviction)."""
+def redis_server(port: int | None = None, *options: str) -> Iterator[str]:
+    """A redis-server without persistence, configured as the queue needs (noeviction);
+    ``options`` (``"--name", "value"`` pairs) come last and so win."""
     program = _find("redis-server")
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="flashsale-redis-") as directory:
         command = [program, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-        command += ["--maxmemory-policy", "noeviction", "--dir", directory]
+        command += ["--maxmemory-policy", "noeviction", "--dir", directory, *options]
         with _serving(command, port, "redis-server", timeout=10):
             yield f"redis://127.0.0.1:{port}/0"
 

@@ -182,3 +182,22 @@ def test_configured_origins_may_call_the_api_from_a_browser(settings_env, fresh_
         assert "location" in response.headers["access-control-expose-headers"].lower()
         other = client.post("/buy", json={}, headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_an_idempotency_key_replays_the_first_answer(client, redis):
+    first = client.post("/buy", json={"quantity": 2}, headers={"idempotency-key": '"order-attempt-1"'})
+    again = client.post("/buy", json={"quantity": 2}, headers={"idempotency-key": "order-attempt-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["order_id"] == first.json()["order_id"]
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert int(redis.get(gate_key(1))) == 98, "the replay took nothing more"
+    reused = _assert_problem(
+        client.post("/buy", json={"quantity": 1}, headers={"idempotency-key": "order-attempt-1"}), 422
+    )
+    assert reused["type"] == "urn:flashsale:problem:idempotency-key-reused"
+
+
+@pytest.mark.parametrize("key", ["", '""', "x" * 256, "bad\tkey", b"caf\xe9"])
+def test_a_malformed_idempotency_key_is_a_400(client, key):
+    response = client.post("/buy", json={}, headers={"idempotency-key": key})
+    assert _assert_problem(response, 400)["type"] == "urn:flashsale:problem:invalid-idempotency-key"

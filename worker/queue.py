@@ -1,15 +1,19 @@
-"""The ``orders`` queue: how the API enqueues an admitted order and how its job is named."""
+"""The ``orders`` queue: the order job's name, options and format, shared by API and worker."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from redis import Redis
 from rq import Callback, Queue, Retry
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 
 from db.orders import AdmittedOrder
 
 QUEUE_NAME = "orders"
+JOB_FUNCTION = "worker.jobs.apply_order_job"
 RESULT_TTL_SECONDS = 600
 """A finished job lingers this long; the order row in PostgreSQL is the lasting record."""
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -19,6 +23,13 @@ FAILURE_TTL_SECONDS = 7 * 24 * 3600
 # first retry is immediate, so a job abandoned by a dead worker is requeued by any worker's
 # maintenance sweep without waiting for RQ's scheduler (whose lock may have died with it).
 RETRY = Retry(max=7, interval=[0, 1, 2, 5, 10, 30, 60])
+JOB_OPTIONS = {
+    "result_ttl": RESULT_TTL_SECONDS,
+    "failure_ttl": FAILURE_TTL_SECONDS,
+    "ttl": None,  # a queued order must never expire unseen
+    "retry": RETRY,
+    "on_failure": Callback("worker.jobs.order_job_failed"),
+}
 
 
 def order_queue(connection: Redis) -> Queue:
@@ -45,17 +56,61 @@ def job_arguments(order: AdmittedOrder) -> list:
     ]
 
 
+def _description(order: AdmittedOrder) -> str:
+    return f"order {order.order_id}"  # RQ logs this; keep client addresses out
+
+
 def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:
+    """Enqueue through RQ itself (tests and tools; the API writes jobs in lua/admit.lua)."""
     return queue.enqueue_call(
-        "worker.jobs.apply_order_job",
+        JOB_FUNCTION,
         args=job_arguments(order),
         job_id=order_job_id(str(order.order_id)),
-        description=f"order {order.order_id}",  # RQ logs this; keep client addresses out
         unique=True,
         timeout=job_timeout,
-        result_ttl=RESULT_TTL_SECONDS,
-        failure_ttl=FAILURE_TTL_SECONDS,
-        ttl=None,  # a queued order must never expire unseen
-        retry=RETRY,
-        on_failure=Callback("worker.jobs.order_job_failed"),
+        description=_description(order),
+        **JOB_OPTIONS,
     )
+
+
+class OrderJobFields:
+    """An order job's hash in RQ's own format, for lua/admit.lua to write.
+
+    Built once from a job RQ creates itself, so every constant field (callbacks, retries,
+    TTLs, origin, timeout, status) is what ``enqueue_order`` would store; per order only the
+    call data, the timestamps and the description change. ``tests/test_admission.py`` runs
+    such jobs on a real RQ worker and compares them with RQ's own, so an RQ upgrade that
+    changes the format fails there.
+    """
+
+    PER_ORDER = ("data", "created_at", "enqueued_at", "description")
+
+    def __init__(self, queue: Queue, job_timeout: int) -> None:
+        template = queue.create_job(JOB_FUNCTION, args=[], timeout=job_timeout, **JOB_OPTIONS)
+        template.origin = queue.name
+        template.enqueued_at = datetime.now(UTC)
+        template._status = JobStatus.QUEUED  # what Queue.enqueue sets before saving
+        fields = template.to_dict()
+        # As RQ's own unique-enqueue script is fed: text values as they are, others as str().
+        self._constant = [
+            x if isinstance(x, str | bytes) else str(x)
+            for k, v in fields.items()
+            if k not in self.PER_ORDER and v is not None
+            for x in (k, v)
+        ]
+        self._serializer = queue.serializer
+
+    def for_order(self, order: AdmittedOrder) -> list[str | bytes]:
+        stamp = utcformat(datetime.now(UTC))
+        data = self._serializer.dumps((JOB_FUNCTION, None, job_arguments(order), {}))
+        per_order = [
+            "data",
+            data,
+            "created_at",
+            stamp,
+            "enqueued_at",
+            stamp,
+            "description",
+            _description(order),
+        ]
+        return self._constant + per_order

@@ -7,6 +7,7 @@ from rq import SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from service.queue_redis import check_no_eviction
 from service.settings import Settings
 from worker.queue import order_queue
 
@@ -34,6 +35,7 @@ class OrderWorker(SimpleWorker):
 
 def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> bool:
     connection = Redis.from_url(settings.redis_url)
+    check_no_eviction(connection)
     worker = OrderWorker(
         [order_queue(connection)],
         connection=connection,

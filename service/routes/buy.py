@@ -1,9 +1,6 @@
-"""``POST /buy``: rate-limit, reserve from the stock gate, queue the order, answer 202."""
+"""``POST /buy``: rate limits, idempotency, stock gate and enqueue in one atomic step; 202."""
 
 from __future__ import annotations
-
-import uuid
-from datetime import UTC, datetime
 
 from anyio import to_thread
 from litestar import Request, Response, post
@@ -11,28 +8,48 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
-from db.orders import AdmittedOrder, find_product
-from service.errors import UNAVAILABLE_RETRY_AFTER_SECONDS, problem
+from db.orders import find_product
+from service.admission import Admission, Decision, admit
+from service.errors import problem
+from service.identity import ClientIdentity, client_identity
+from service.ratelimit import ratelimit_headers
 from service.resources import Resources
-from service.routes.rate_limited import enforce_rate_limit
+from service.routes.rate_limited import enforce_rate_limit, limited_problem
 from service.schemas import BuyAccepted, BuyRequest
-from service.stock_gate import Reservation, release, reserve, set_gate
-from worker.queue import enqueue_order
+from service.stock_gate import set_gate
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
-async def reserve_units(resources: Resources, product_id: int, quantity: int) -> Reservation:
-    """Reserve from the gate, rebuilding a missing gate from PostgreSQL once."""
-    reservation = await reserve(resources.scripts, product_id, quantity)
-    if not reservation.gate_missing:
-        return reservation
-    product = await to_thread.run_sync(find_product, resources.engine, product_id)
+def idempotency_key_of(request: Request) -> str | None:
+    """The Idempotency-Key header: an RFC 9651 string ("…") or a bare token, printable ASCII."""
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        return None
+    key = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
+        raise problem(
+            400, "invalid-idempotency-key", "Idempotency-Key must be 1-255 printable ASCII characters."
+        )
+    return key
+
+
+async def _admit_once_rebuilding_the_gate(
+    resources: Resources, client: ClientIdentity, wanted: BuyRequest, key: str | None, plan
+) -> Admission:
+    admission = await admit(resources, client, plan, wanted.product_id, wanted.quantity, key)
+    if admission.decision is not Decision.GATE_MISSING:
+        return admission
+    product = await to_thread.run_sync(find_product, resources.engine, wanted.product_id)
     if product is None:
-        raise problem(422, "unknown-product", f"There is no product {product_id}.", product_id=product_id)
-    await set_gate(resources.redis, product_id, product.stock, only_if_missing=True)
-    reservation = await reserve(resources.scripts, product_id, quantity)
-    if reservation.gate_missing:  # the gate vanished again at once: Redis is in trouble
+        raise problem(
+            422, "unknown-product", f"There is no product {wanted.product_id}.", product_id=wanted.product_id
+        )
+    await set_gate(resources.redis, wanted.product_id, product.stock, only_if_missing=True)
+    admission = await admit(resources, client, plan, wanted.product_id, wanted.quantity, key)
+    if admission.decision is Decision.GATE_MISSING:  # gone again at once: Redis is in trouble
         raise RedisError("stock gate missing after rebuild")
-    return reservation
+    return admission
 
 
 @post("/buy", status_code=202, summary="Buy a product", operation_id="buy")
@@ -40,37 +57,45 @@ async def buy(
     request: Request, resources: NamedDependency[Resources], data: JSONBody[BuyRequest | None] = None
 ) -> Response[BuyAccepted]:
     wanted = data or BuyRequest()
-    client, headers = await enforce_rate_limit("buy", request, resources)
+    key = idempotency_key_of(request)
+    limiter = resources.limiter
+    if limiter.shares_main_redis:
+        # The limits are checked and charged inside the admission call itself.
+        client = client_identity(request, resources.settings)
+        plan = limiter.plan("buy", client)
+        if plan and (cached := limiter.cached_denial(plan)):
+            raise limited_problem(cached, ratelimit_headers(cached, resources.settings.rate_legacy_headers))
+    else:
+        client, _ = await enforce_rate_limit("buy", request, resources)
+        plan = None
 
-    reservation = await reserve_units(resources, wanted.product_id, wanted.quantity)
-    if not reservation.reserved:
-        if reservation.left == 0:
+    admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, plan)
+    verdict = admission.verdict
+    headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers) if verdict else {}
+    if admission.decision is Decision.LIMITED:
+        raise limited_problem(verdict, headers)
+    if admission.decision is Decision.KEY_REUSED:
+        raise problem(
+            422,
+            "idempotency-key-reused",
+            "This Idempotency-Key was already used for a different request.",
+            headers=headers,
+            order_id=admission.order_id,
+        )
+    if admission.decision is Decision.NOT_ENOUGH_STOCK:
+        if admission.left == 0:
             raise problem(409, "sold-out", f"Product {wanted.product_id} is sold out.", headers=headers)
         raise problem(
             409,
             "insufficient-stock",
-            f"Only {reservation.left} unit(s) of product {wanted.product_id} are left.",
+            f"Only {admission.left} unit(s) of product {wanted.product_id} are left.",
             headers=headers,
-            available=reservation.left,
+            available=admission.left,
         )
-
-    order = AdmittedOrder(uuid.uuid4(), wanted.product_id, wanted.quantity, client.ip, datetime.now(UTC))
-    try:
-        await to_thread.run_sync(
-            enqueue_order, resources.queue, order, resources.settings.job_timeout_seconds
-        )
-    except RedisError:
-        await release(resources.redis, order.product_id, order.quantity)
-        raise problem(
-            503,
-            "unavailable",
-            "The order could not be queued; nothing was reserved. Try again shortly.",
-            headers={**headers, "Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-        ) from None
-
-    status_url = f"/orders/{order.order_id}"
+    status_url = f"/orders/{admission.order_id}"
+    headers["Location"] = status_url
+    if admission.decision is Decision.REPLAY:
+        headers["Idempotent-Replayed"] = "true"
     return Response(
-        BuyAccepted(order_id=order.order_id, status_url=status_url),
-        status_code=202,
-        headers={**headers, "Location": status_url},
+        BuyAccepted(order_id=admission.order_id, status_url=status_url), status_code=202, headers=headers
     )

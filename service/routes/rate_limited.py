@@ -5,11 +5,22 @@ from __future__ import annotations
 import math
 
 from litestar import Request
+from litestar.plugins.problem_details import ProblemDetailsException
 
 from service.errors import problem
 from service.identity import ClientIdentity, client_identity
-from service.ratelimit import Outcome, ratelimit_headers
+from service.ratelimit import Outcome, Verdict, ratelimit_headers
 from service.resources import Resources
+
+
+def limited_problem(verdict: Verdict, headers: dict[str, str]) -> ProblemDetailsException:
+    return problem(
+        429,
+        "rate-limited",
+        f"Too many requests ({', '.join(verdict.violated)}); retry in {verdict.retry_after_seconds}s.",
+        headers=headers,
+        violated=verdict.violated,
+    )
 
 
 async def enforce_rate_limit(
@@ -20,13 +31,7 @@ async def enforce_rate_limit(
     verdict = await resources.limiter.check(route, client)
     headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers)
     if verdict.outcome is Outcome.LIMITED:
-        raise problem(
-            429,
-            "rate-limited",
-            f"Too many requests ({', '.join(verdict.violated)}); retry in {verdict.retry_after_seconds}s.",
-            headers=headers,
-            violated=verdict.violated,
-        )
+        raise limited_problem(verdict, headers)
     if verdict.outcome is Outcome.FAILED_CLOSED:
         retry_after = math.ceil(resources.limiter.breaker.cooldown_seconds)
         raise problem(

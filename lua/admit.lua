@@ -1,0 +1,66 @@
+-- admit.lua: one POST /buy, decided and queued in one atomic step on the main Redis.
+-- (Runs with buckets.lib.lua prepended.) "Yes" and "queued" are the same step: an API
+-- process that dies before or after this call can neither leak a unit nor drop an order.
+--
+-- KEYS[1]     stock gate, fs:{p:<id>}:stock: units not yet promised
+-- KEYS[2]     idempotency record, fs:idem:{<client>:<key hash>} (any unused key when there is none)
+-- KEYS[3]     the order's RQ job hash, rq:job:order-<order id>
+-- KEYS[4]     the RQ queue list, rq:queue:orders
+-- KEYS[5..]   the route's rate-limit buckets, when they live on this Redis (else none)
+-- ARGV[1]     the caller's time in µs, or "" for Redis TIME (see buckets.lib.lua)
+-- ARGV[2]     quantity (>= 1)
+-- ARGV[3]     order id
+-- ARGV[4]     the order's RQ job id (what the queue list holds)
+-- ARGV[5]     request fingerprint for the idempotency key, or "" when the request has none
+-- ARGV[6]     seconds an idempotency record lives
+-- ARGV[7]     n, the number of buckets in KEYS[5..]
+-- ARGV[8..7+3n]   capacity, refill (micro-tokens/s), cost of each bucket
+-- ARGV[8+3n..]    the job hash, field, value, ... in RQ's own format (worker/queue.py builds it)
+-- returns     {outcome, now µs, detail, then per bucket: allowed, remaining, retry ms, full ms}
+--             outcome 1 admitted (detail: units left), 0 rate-limited, 2 not enough stock
+--             (detail: units left), 3 gate missing (rebuild it from PostgreSQL, then retry),
+--             4 idempotent replay (detail: the first order's id), 5 idempotency key reused with
+--             a different request
+--
+-- Checks run before anything is written, so a "no" charges nothing: no tokens, no units.
+-- A replay is answered before the limits, so a client retrying a request it already got a
+-- 202 for is not charged twice.
+
+local now, app_clock = bucket_clock(ARGV[1])
+local quantity = tonumber(ARGV[2])
+local fingerprint = ARGV[5]
+local limits = tonumber(ARGV[7])
+
+if fingerprint ~= '' then
+  local earlier = redis.call('HMGET', KEYS[2], 'fp', 'order')
+  if earlier[1] then
+    if earlier[1] == fingerprint then
+      return {4, now, earlier[2]}
+    end
+    return {5, now, earlier[2]}
+  end
+end
+
+local admitted, buckets = bucket_check(KEYS, 5, ARGV, 8, limits, now, app_clock)
+if admitted == 0 then
+  return bucket_reply({0, now, 0}, buckets)
+end
+
+local left = redis.call('GET', KEYS[1])
+if not left then
+  return bucket_reply({3, now, 0}, buckets)
+end
+left = tonumber(left)
+if left < quantity then
+  return bucket_reply({2, now, left}, buckets)
+end
+
+bucket_charge(buckets)
+left = redis.call('DECRBY', KEYS[1], quantity)
+redis.call('HSET', KEYS[3], unpack(ARGV, 8 + 3 * limits))
+redis.call('RPUSH', KEYS[4], ARGV[4])
+if fingerprint ~= '' then
+  redis.call('HSET', KEYS[2], 'fp', fingerprint, 'order', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+end
+return bucket_reply({1, now, left}, buckets)

@@ -1,0 +1,98 @@
+"""``POST /buy``'s decision in one call of ``lua/admit.lua`` on the main Redis.
+
+Rate limits (when their buckets share the main Redis), the Idempotency-Key, the stock gate
+and the enqueue happen in one atomic step, and a "no" charges nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+
+from db.orders import AdmittedOrder
+from service.identity import ClientIdentity
+from service.ratelimit import Plan, Verdict
+from service.resources import Resources
+from service.stock_gate import gate_key
+from worker.queue import job_key, order_job_id
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+"""How long an Idempotency-Key is remembered after its request was admitted."""
+
+
+class Decision(IntEnum):
+    """``admit.lua``'s outcome codes."""
+
+    LIMITED = 0
+    ADMITTED = 1
+    NOT_ENOUGH_STOCK = 2
+    GATE_MISSING = 3
+    REPLAY = 4
+    KEY_REUSED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    decision: Decision
+    order_id: str | None = None
+    """The new order's id (admitted) or the first request's (replay, key reused)."""
+    left: int = 0
+    """Units left in the gate."""
+    verdict: Verdict | None = None
+    """The rate-limit part, when the limits were checked in the same call."""
+
+
+def idempotency_record_key(client: ClientIdentity, key: str | None) -> str:
+    """Scoped to the client (its customer id when a trusted proxy gave one, else its IP)."""
+    scope = client.customer or client.ip
+    digest = hashlib.sha256(f"{scope}\0{key or ''}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"fs:idem:{{{digest}}}"
+
+
+def request_fingerprint(product_id: int, quantity: int) -> str:
+    return f"{product_id}:{quantity}"
+
+
+async def admit(
+    resources: Resources,
+    client: ClientIdentity,
+    plan: Plan | None,
+    product_id: int,
+    quantity: int,
+    idempotency_key: str | None,
+) -> Admission:
+    """Run admit.lua once; ``plan`` holds the buckets to check in the same call (or None)."""
+    order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
+    order_id = str(order.order_id)
+    keys = [
+        gate_key(product_id),
+        idempotency_record_key(client, idempotency_key),
+        job_key(order_id),
+        resources.queue.key,
+        *(plan.keys if plan else ()),
+    ]
+    clock, *limit_args = resources.limiter.arguments(plan)
+    args = [
+        clock,
+        quantity,
+        order_id,
+        order_job_id(order_id),
+        request_fingerprint(product_id, quantity) if idempotency_key else "",
+        IDEMPOTENCY_TTL_SECONDS,
+        len(plan.keys) if plan else 0,
+        *limit_args,
+        *resources.job_fields.for_order(order),
+    ]
+    reply = await resources.scripts.admit(keys=keys, args=args)
+    decision = Decision(int(reply[0]))
+    verdict = None
+    if plan is not None and decision in (Decision.LIMITED, Decision.ADMITTED, Decision.NOT_ENOUGH_STOCK):
+        verdict = resources.limiter.conclude(plan, decision is not Decision.LIMITED, reply[3:])
+    if decision in (Decision.REPLAY, Decision.KEY_REUSED):
+        return Admission(decision, order_id=str(reply[2]), verdict=verdict)
+    if decision is Decision.ADMITTED:
+        return Admission(decision, order_id=order_id, left=int(reply[2]), verdict=verdict)
+    return Admission(decision, left=int(reply[2]), verdict=verdict)

@@ -1,0 +1,160 @@
+"""lua/admit.lua through service/admission.py on a real Redis, and the jobs it writes on a real RQ worker."""
+
+import asyncio
+import uuid
+
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+
+from db.orders import AdmittedOrder
+from service.admission import Decision, admit
+from service.identity import ClientIdentity
+from service.resources import close_resources, open_resources
+from service.stock_gate import gate_key, set_gate
+from tests.support.database import order_rows, product_state
+from worker.queue import enqueue_order, order_job_id, order_queue
+from worker.runner import OrderWorker
+
+
+def _client(ip="203.0.113.7", customer=None):
+    return ClientIdentity(ip, customer, {}, "x-api-key")
+
+
+def _run(settings, body):
+    async def run():
+        resources = open_resources(settings)
+        try:
+            return await body(resources)
+        finally:
+            await close_resources(resources)
+
+    return asyncio.run(run())
+
+
+def _admit(resources, client=None, quantity=1, key=None, product_id=1, route_limits=False):
+    client = client or _client()
+    plan = resources.limiter.plan("buy", client) if route_limits else None
+    return admit(resources, client, plan, product_id, quantity, key)
+
+
+def test_the_gate_hands_out_all_or_nothing(settings, redis):
+    set_gate(redis, 1, 3)
+
+    async def body(resources):
+        return [await _admit(resources, quantity=q) for q in (2, 2, 1)]
+
+    two, too_many, last = _run(settings, body)
+    assert (two.decision, two.left) == (Decision.ADMITTED, 1)
+    assert (too_many.decision, too_many.left) == (Decision.NOT_ENOUGH_STOCK, 1)
+    assert (last.decision, last.left) == (Decision.ADMITTED, 0)
+    assert redis.llen("rq:queue:orders") == 2
+
+
+def test_a_missing_gate_is_reported_not_invented(settings, redis):
+    async def body(resources):
+        return await _admit(resources, product_id=8)
+
+    assert _run(settings, body).decision is Decision.GATE_MISSING
+    assert not redis.exists(gate_key(8)) and redis.llen("rq:queue:orders") == 0
+
+
+def test_two_thousand_concurrent_buyers_get_exactly_the_stock(settings, redis):
+    set_gate(redis, 1, 250)
+
+    async def body(resources):
+        results = await asyncio.gather(
+            *(_admit(resources, _client(f"10.0.{i // 256}.{i % 256}")) for i in range(2000))
+        )
+        return sum(r.decision is Decision.ADMITTED for r in results)
+
+    assert _run(settings, body) == 250
+    assert int(redis.get(gate_key(1))) == 0
+    assert redis.llen("rq:queue:orders") == 250
+
+
+def test_a_no_charges_nothing(settings, redis):
+    set_gate(redis, 1, 0)
+
+    async def body(resources):
+        sold_out = await _admit(resources, route_limits=True)
+        return sold_out, await resources.redis.keys("fs:rl:*")
+
+    sold_out, buckets = _run(settings, body)
+    assert sold_out.decision is Decision.NOT_ENOUGH_STOCK
+    assert buckets == [], "a sold-out answer must not spend the client's tokens"
+
+    set_gate(redis, 1, 100)
+
+    async def spend(resources):
+        return [await _admit(resources, route_limits=True) for _ in range(6)]
+
+    decisions = [a.decision for a in _run(settings, spend)]
+    assert decisions == [Decision.ADMITTED] * 5 + [Decision.LIMITED]
+    assert int(redis.get(gate_key(1))) == 95, "a rate-limited answer must not take a unit"
+
+
+def test_an_idempotency_key_returns_the_first_order_and_makes_no_second(settings, redis):
+    set_gate(redis, 1, 10)
+
+    async def body(resources):
+        first = await _admit(resources, key="k-1")
+        again = await _admit(resources, key="k-1")
+        other_payload = await _admit(resources, key="k-1", quantity=2)
+        other_client = await _admit(resources, _client("198.51.100.1"), key="k-1")
+        return first, again, other_payload, other_client
+
+    first, again, other_payload, other_client = _run(settings, body)
+    assert first.decision is Decision.ADMITTED
+    assert (again.decision, again.order_id) == (Decision.REPLAY, first.order_id)
+    assert (other_payload.decision, other_payload.order_id) == (Decision.KEY_REUSED, first.order_id)
+    assert other_client.decision is Decision.ADMITTED and other_client.order_id != first.order_id
+    assert redis.llen("rq:queue:orders") == 2 and int(redis.get(gate_key(1))) == 8
+    ttls = [redis.ttl(key) for key in redis.keys("fs:idem:*")]
+    assert len(ttls) == 2 and all(23 * 3600 < ttl <= 24 * 3600 for ttl in ttls)
+
+
+def test_admit_writes_the_same_job_rq_itself_would(settings, redis):
+    set_gate(redis, 1, 10)
+
+    async def body(resources):
+        return await _admit(resources)
+
+    admission = _run(settings, body)
+    ours = Job.fetch(
+        order_job_id(admission.order_id), connection=redis, serializer=order_queue(redis).serializer
+    )
+    same_order = AdmittedOrder(uuid.uuid4(), 1, 1, "203.0.113.7", ours.enqueued_at)
+    theirs = enqueue_order(order_queue(redis), same_order, settings.job_timeout_seconds)
+    mine, rqs = redis.hgetall(ours.key), redis.hgetall(theirs.key)
+    assert set(mine) == set(rqs), "same fields as RQ's own enqueue"
+    for field in set(mine) - {b"data", b"created_at", b"enqueued_at", b"description"}:
+        assert mine[field] == rqs[field], field
+    assert ours.func_name == theirs.func_name and ours.args[1:3] == [1, 1]
+    assert (ours.timeout, ours.retries_left, ours.result_ttl, ours.failure_ttl) == (
+        theirs.timeout,
+        theirs.retries_left,
+        theirs.result_ttl,
+        theirs.failure_ttl,
+    )
+
+
+def test_a_stock_rq_worker_runs_the_jobs_admit_writes(settings, redis, fresh_db, monkeypatch):
+    for name, value in (
+        ("FLASHSALE_REDIS_URL", settings.redis_url),
+        ("FLASHSALE_DATABASE_URL", settings.database_url),
+    ):
+        monkeypatch.setenv(name, value)
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+
+    async def body(resources):
+        return [await _admit(resources, _client(f"10.1.0.{i}")) for i in range(5)]
+
+    admitted = [a.order_id for a in _run(settings, body)]
+    worker = OrderWorker([order_queue(redis)], connection=redis, serializer=order_queue(redis).serializer)
+    worker.work(burst=True)
+    get_settings.cache_clear()
+    assert set(order_rows(fresh_db)) == set(admitted)
+    assert product_state(fresh_db)[0] == 95
+    assert FailedJobRegistry(queue=order_queue(redis)).count == 0

@@ -1,0 +1,27 @@
+"""A main Redis that may evict keys would silently drop queued orders: refuse to start on it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from service.throwaway import free_port, redis_server
+
+
+@pytest.fixture(scope="module")
+def evicting_redis():
+    with redis_server(None, "--maxmemory-policy", "allkeys-lru") as url:
+        yield url
+
+
+@pytest.mark.parametrize("command", [["worker", "--burst"], ["api", "--host", "127.0.0.1"]])
+def test_api_and_worker_refuse_an_evicting_redis(settings_env, evicting_redis, command):
+    env = {**settings_env, "FLASHSALE_REDIS_URL": evicting_redis}
+    if command[0] == "api":
+        command = [*command, "--port", str(free_port())]
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "maxmemory-policy allkeys-lru" in result.stderr
+    assert "maxmemory-policy noeviction" in result.stderr
