@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from service.lua import Scripts, load_scripts
 from service.queue_redis import check_no_eviction_async
 from service.ratelimit import Limiter
 from service.settings import Settings
+from service.sold_out import SoldOutLatch, follow_gate_changes
 from worker.queue import OrderJobFields, order_queue
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
@@ -47,6 +49,7 @@ class Resources:
         self.queue = queue
         """The RQ queue; admit.lua writes its jobs."""
         self.job_fields = OrderJobFields(queue, settings.job_timeout_seconds)
+        self.sold_out = SoldOutLatch()
         self.engine = engine
         self.ready = True
 
@@ -109,9 +112,11 @@ def resources_lifespan(settings: Settings):
         resources = open_resources(settings)
         app.state.resources = resources
         await check_no_eviction_async(resources.redis)
+        follower = asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out))
         try:
             yield
         finally:
+            follower.cancel()
             # Stop answering ready first, so a load balancer drains us before clients go.
             resources.ready = False
             await close_resources(resources)

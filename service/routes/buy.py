@@ -52,6 +52,10 @@ async def _admit_once_rebuilding_the_gate(
     return admission
 
 
+def _sold_out(product_id: int, headers: dict[str, str]):
+    return problem(409, "sold-out", f"Product {product_id} is sold out.", headers=headers)
+
+
 @post("/buy", status_code=202, summary="Buy a product", operation_id="buy")
 async def buy(
     request: Request, resources: NamedDependency[Resources], data: JSONBody[BuyRequest | None] = None
@@ -69,6 +73,8 @@ async def buy(
         client, _ = await enforce_rate_limit("buy", request, resources)
         plan = None
 
+    if resources.sold_out.is_sold_out(wanted.product_id):
+        raise _sold_out(wanted.product_id, {})
     admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, plan)
     verdict = admission.verdict
     headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers) if verdict else {}
@@ -84,7 +90,8 @@ async def buy(
         )
     if admission.decision is Decision.NOT_ENOUGH_STOCK:
         if admission.left == 0:
-            raise problem(409, "sold-out", f"Product {wanted.product_id} is sold out.", headers=headers)
+            resources.sold_out.latch(wanted.product_id)
+            raise _sold_out(wanted.product_id, headers)
         raise problem(
             409,
             "insufficient-stock",
