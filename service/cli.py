@@ -1,4 +1,4 @@
-"""The ``flashsale`` console script: api | worker | migrate | seed | dev."""
+"""The ``flashsale`` console script: api | worker | migrate | seed | orders | dev."""
 
 from __future__ import annotations
 
@@ -58,6 +58,37 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _orders_failed(settings: Settings, args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from worker.dead_letters import failed_orders
+
+    with Redis.from_url(settings.redis_url) as redis:
+        letters = failed_orders(redis)
+    for letter in letters:
+        print(
+            f"{letter.order_id}  product {letter.product_id}  x{letter.quantity}",
+            letter.ended_at,
+            letter.error,
+        )
+    print(f"{len(letters)} failed order job(s)", file=sys.stderr)
+    return 0
+
+
+def _orders_requeue(settings: Settings, args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from worker.dead_letters import requeue_orders
+
+    if not args.all and not args.order_ids:
+        print("flashsale: name order ids to requeue, or --all", file=sys.stderr)
+        return 2
+    with Redis.from_url(settings.redis_url) as redis:
+        count = requeue_orders(redis, None if args.all else args.order_ids)
+    print(f"requeued {count} order job(s)", file=sys.stderr)
+    return 0
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from service.dev import run_dev
 
@@ -92,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     seed = commands.add_parser("seed", help="create the demo product (id 1, stock 100)")
     seed.add_argument("--stock", type=_non_negative, help="reset the demo product's stock to N")
     seed.set_defaults(run=_seed)
+
+    orders = commands.add_parser("orders", help="order jobs that gave up (RQ's failed registry)")
+    order_commands = orders.add_subparsers(dest="orders_command", required=True)
+    failed = order_commands.add_parser("failed", help="list order jobs that failed every retry")
+    failed.set_defaults(run=_orders_failed)
+    requeue = order_commands.add_parser("requeue", help="run failed order jobs again")
+    requeue.add_argument("order_ids", nargs="*", help="order ids to requeue")
+    requeue.add_argument("--all", action="store_true", help="requeue every failed order job")
+    requeue.set_defaults(run=_orders_requeue)
 
     dev = commands.add_parser("dev", help="run everything on this machine (what `make run` runs)")
     dev.add_argument("--port", type=int, help="API port (default FLASHSALE_PORT or 8000)")

@@ -1,0 +1,73 @@
+"""Order jobs that gave up: listed by `flashsale orders failed`, run again by `requeue`."""
+
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from rq import Callback
+
+from db.orders import AdmittedOrder
+from service.settings import get_settings
+from service.throwaway import free_port
+from tests.support.database import order_rows
+from worker import jobs
+from worker.queue import JOB_FUNCTION, job_arguments, order_job_id, order_queue
+from worker.runner import OrderWorker
+
+
+@pytest.fixture
+def worker_env(monkeypatch, settings_env):
+    def use(**overrides):
+        for name, value in {**settings_env, **overrides}.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        jobs._engine.cache_clear()
+        jobs._redis.cache_clear()
+
+    yield use
+    get_settings.cache_clear()
+    jobs._engine.cache_clear()
+    jobs._redis.cache_clear()
+
+
+def _cli(settings_env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "orders", *args],
+        env=settings_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_job_that_gave_up_while_postgresql_was_away_is_listed_and_requeued(
+    redis, fresh_db, settings_env, worker_env
+):
+    queue = order_queue(redis)
+    order = AdmittedOrder(uuid.uuid4(), 1, 2, "203.0.113.7", datetime.now(UTC))
+    # No retries left to spend: the job's first failure is its last.
+    queue.enqueue_call(
+        JOB_FUNCTION,
+        args=job_arguments(order),
+        job_id=order_job_id(str(order.order_id)),
+        on_failure=Callback("worker.jobs.order_job_failed"),
+    )
+    worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert order_rows(fresh_db) == {}, "PostgreSQL was away: nothing could be written"
+
+    listed = _cli(settings_env, "failed")
+    assert listed.returncode == 0
+    assert str(order.order_id) in listed.stdout and "OperationalError" in listed.stdout
+    assert "1 failed order job(s)" in listed.stderr
+
+    assert _cli(settings_env, "requeue").returncode == 2  # says what to requeue
+    requeued = _cli(settings_env, "requeue", str(order.order_id))
+    assert requeued.returncode == 0 and "requeued 1" in requeued.stderr
+
+    worker_env()
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert order_rows(fresh_db) == {str(order.order_id): ("confirmed", None, 2)}
+    assert "0 failed order job(s)" in _cli(settings_env, "failed").stderr
