@@ -1,4 +1,4 @@
-"""The ``flashsale`` console script: api | worker | migrate | seed | orders | dev."""
+"""The ``flashsale`` console script: api | worker | migrate | seed | reconcile | orders | dev."""
 
 from __future__ import annotations
 
@@ -55,6 +55,22 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
         product = seed(engine, redis, args.stock)
     engine.dispose()
     log.info("seeded demo product", extra={"product_id": product.id, "stock": product.stock})
+    return 0
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from db.session import make_engine
+    from worker.reconcile import reconcile
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    with Redis.from_url(settings.redis_url) as redis:
+        repairs = reconcile(redis, engine)
+    engine.dispose()
+    for repair in repairs:
+        print(f"product {repair.product_id}: gate {repair.gate_before} -> {repair.gate_after}")
+    print(f"{len(repairs)} gate(s) repaired", file=sys.stderr)
     return 0
 
 
@@ -123,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     seed = commands.add_parser("seed", help="create the demo product (id 1, stock 100)")
     seed.add_argument("--stock", type=_non_negative, help="reset the demo product's stock to N")
     seed.set_defaults(run=_seed)
+
+    reconcile = commands.add_parser("reconcile", help="repair stock gates from the database and the queue")
+    reconcile.set_defaults(run=_reconcile)
 
     orders = commands.add_parser("orders", help="order jobs that gave up (RQ's failed registry)")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)

@@ -71,6 +71,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Longest one order job may run; a worker silent for longer is presumed dead."""
     worker_maintenance_interval: int = 5
     """Seconds between a worker's sweeps for jobs abandoned by dead workers."""
+    reconcile_interval_seconds: int = 30
+    """Seconds between reconciler passes over the stock gates (one worker at a time)."""
     lua_dir: Path = REPO_ROOT / "lua"
     policies: Policies = msgspec.field(default_factory=lambda: default_policies(5, 1.0))
     """Parsed from the fields above at start; not a variable of its own."""
@@ -202,6 +204,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": _log_level,
     "job_timeout_seconds": _positive_int,
     "worker_maintenance_interval": _positive_int,
+    "reconcile_interval_seconds": _positive_int,
     "lua_dir": _directory,
 }
 

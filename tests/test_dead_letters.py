@@ -23,12 +23,12 @@ def worker_env(monkeypatch, settings_env):
         for name, value in {**settings_env, **overrides}.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()
-        jobs._engine.cache_clear()
+        jobs.engine.cache_clear()
         jobs._redis.cache_clear()
 
     yield use
     get_settings.cache_clear()
-    jobs._engine.cache_clear()
+    jobs.engine.cache_clear()
     jobs._redis.cache_clear()
 
 

@@ -46,6 +46,7 @@ def test_when_the_gate_is_wrong_the_database_still_never_oversells(system, fresh
     """A gate rebuilt too high (say, after a Redis loss) admits too many; PostgreSQL decides."""
     _, version_before = _reset_stock(fresh_db, redis, 50)
     redis.set(gate_key(1), 10_000)
+    system.env["FLASHSALE_RECONCILE_INTERVAL_SECONDS"] = "3600"  # drift the reconciler has not met yet
     system.start_apis(2)
     system.start_workers(3)
 

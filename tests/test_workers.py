@@ -74,3 +74,23 @@ def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, f
     assert set(order_rows(fresh_db)) == set(order_ids)
     assert status_counts(fresh_db) == {("confirmed", None): 60}
     assert product_state(fresh_db)[0] == stock_before - 60
+
+
+def test_sigterm_lets_a_busy_worker_finish_its_order_and_take_no_other(system, fresh_db, redis):
+    system.start_workers(1)
+    (process,) = system.workers
+    blocker = fresh_db.connect()
+    blocker_tx = blocker.begin()
+    blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
+    _enqueue(redis, 5)
+    try:
+        wait_until(
+            lambda: _busy_worker(redis, {w.name for w in Worker.all(queue=order_queue(redis))}), 20, "busy"
+        )
+        process.send_signal(signal.SIGTERM)
+    finally:
+        blocker_tx.rollback()
+        blocker.close()
+    assert process.wait(30) == 0
+    assert len(order_rows(fresh_db)) == 1, "the order in hand was finished"
+    assert order_queue(redis).count == 4, "the others wait, queued, for the next worker"

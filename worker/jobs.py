@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _engine() -> Engine:
+def engine() -> Engine:
+    """This worker process's engine (built on first use, never across a fork)."""
     return make_engine(get_settings().database_url, pool_size=2)
 
 
@@ -40,7 +41,7 @@ def _admitted(
 def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> dict:
     """Confirm or reject one admitted order in PostgreSQL, exactly once."""
     order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
-    outcome = apply_order(_engine(), order)
+    outcome = apply_order(engine(), order)
     log.info(
         "order decided",
         extra={
@@ -65,6 +66,6 @@ def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any,
         return
     order = _admitted(*job.args)
     log.error("order job gave up", extra={"order_id": str(order.order_id), "error": repr(exc_value)})
-    outcome = record_failure(_engine(), order)
+    outcome = record_failure(engine(), order)
     if outcome.applied_now:
         release(_redis(), order.product_id, order.quantity)

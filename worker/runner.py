@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.queue_redis import check_no_eviction
 from service.settings import Settings
+from worker.jobs import engine as jobs_engine
 from worker.queue import order_queue
+from worker.reconcile import reconcile
 
 ABANDON_GRACE_SECONDS = 5
+
+
+RECONCILE_LOCK = "fs:reconcile:lock"
 
 
 class OrderWorker(SimpleWorker):
@@ -22,6 +31,26 @@ class OrderWorker(SimpleWorker):
     default is 60 s); the maintenance sweep of any live worker then retries the orders of a
     worker that died mid-job.
     """
+
+    reconcile_interval: int | None = None
+    """Seconds between reconciler passes (one worker at a time runs it); None: never."""
+    _last_reconciled = 0.0
+
+    def run_maintenance_tasks(self):
+        super().run_maintenance_tasks()
+        self._reconcile_when_due()
+
+    def _reconcile_when_due(self) -> None:
+        now = time.monotonic()
+        if self.reconcile_interval is None or now - self._last_reconciled < self.reconcile_interval:
+            return
+        self._last_reconciled = now
+        if not self.connection.set(RECONCILE_LOCK, self.name, nx=True, ex=self.reconcile_interval):
+            return  # another worker's turn
+        try:
+            reconcile(self.connection, jobs_engine())
+        except (RedisError, SQLAlchemyError) as exc:
+            self.log.warning("reconcile skipped: %s", type(exc).__name__)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or 0) + ABANDON_GRACE_SECONDS
@@ -43,4 +72,5 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
         serializer=JSONSerializer,
         maintenance_interval=settings.worker_maintenance_interval,
     )
+    worker.reconcile_interval = settings.reconcile_interval_seconds
     return worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
