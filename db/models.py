@@ -33,6 +33,11 @@ class Product(SQLModel, table=True):
     stock: int
     version: int = Field(default=0)
     """Bumped by every stock change; an update that saw an older version changes nothing."""
+    sale_opens_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    """Before this, /buy answers that the sale has not opened (None: open already)."""
+    sale_closes_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    per_customer_limit: int | None = None
+    """Most units one customer (or, without a customer id, one IP) may be admitted for."""
 
 
 class Order(SQLModel, table=True):

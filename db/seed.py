@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from db.models import Product
-from service.stock_gate import set_gate
+from service.stock_gate import publish_product
 
 DEMO_PRODUCT_ID = 1
 DEMO_NAME = "iPhone 15"
@@ -48,5 +48,5 @@ def seed(engine: Engine, redis: Redis, stock: int | None = None) -> Product:
         )
         session.commit()
         product = session.get(Product, DEMO_PRODUCT_ID)
-    set_gate(redis, DEMO_PRODUCT_ID, product.stock)
+    publish_product(redis, product, product.stock)
     return product

@@ -6,21 +6,26 @@
 -- KEYS[2]     idempotency record, fs:idem:{<client>:<key hash>} (any unused key when there is none)
 -- KEYS[3]     the order's RQ job hash, rq:job:order-<order id>
 -- KEYS[4]     the RQ queue list, rq:queue:orders
--- KEYS[5..]   the route's rate-limit buckets, when they live on this Redis (else none)
+-- KEYS[5]     the product's sale, fs:{p:<id>}:sale: opens_ms, closes_ms, per_customer (0 = none)
+-- KEYS[6]     units this customer was admitted for, fs:{p:<id>}:bought:<customer digest>
+-- KEYS[7..]   the route's rate-limit buckets, when they live on this Redis (else none)
 -- ARGV[1]     the caller's time in µs, or "" for Redis TIME (see buckets.lib.lua)
 -- ARGV[2]     quantity (>= 1)
 -- ARGV[3]     order id
 -- ARGV[4]     the order's RQ job id (what the queue list holds)
 -- ARGV[5]     request fingerprint for the idempotency key, or "" when the request has none
 -- ARGV[6]     seconds an idempotency record lives
--- ARGV[7]     n, the number of buckets in KEYS[5..]
--- ARGV[8..7+3n]   capacity, refill (micro-tokens/s), cost of each bucket
--- ARGV[8+3n..]    the job hash, field, value, ... in RQ's own format (worker/queue.py builds it)
+-- ARGV[7]     seconds a customer's purchase count lives
+-- ARGV[8]     n, the number of buckets in KEYS[7..]
+-- ARGV[9..8+3n]   capacity, refill (micro-tokens/s), cost of each bucket
+-- ARGV[9+3n..]    the job hash, field, value, ... in RQ's own format (worker/queue.py builds it)
 -- returns     {outcome, now µs, detail, then per bucket: allowed, remaining, retry ms, full ms}
 --             outcome 1 admitted (detail: units left), 0 rate-limited, 2 not enough stock
 --             (detail: units left), 3 gate missing (rebuild it from PostgreSQL, then retry),
 --             4 idempotent replay (detail: the first order's id), 5 idempotency key reused with
---             a different request
+--             a different request, 6 sale not open yet (detail: opens, ms since the epoch),
+--             7 sale closed (detail: closed, ms), 8 over the per-customer limit (detail: units
+--             this customer may still buy)
 --
 -- Checks run before anything is written, so a "no" charges nothing: no tokens, no units.
 -- A replay is answered before the limits, so a client retrying a request it already got a
@@ -29,7 +34,7 @@
 local now, app_clock = bucket_clock(ARGV[1])
 local quantity = tonumber(ARGV[2])
 local fingerprint = ARGV[5]
-local limits = tonumber(ARGV[7])
+local limits = tonumber(ARGV[8])
 
 if fingerprint ~= '' then
   local earlier = redis.call('HMGET', KEYS[2], 'fp', 'order')
@@ -41,9 +46,18 @@ if fingerprint ~= '' then
   end
 end
 
-local admitted, buckets = bucket_check(KEYS, 5, ARGV, 8, limits, now, app_clock)
+local admitted, buckets = bucket_check(KEYS, 7, ARGV, 9, limits, now, app_clock)
 if admitted == 0 then
   return bucket_reply({0, now, 0}, buckets)
+end
+
+local sale = redis.call('HMGET', KEYS[5], 'opens_ms', 'closes_ms', 'per_customer')
+local now_ms = math.floor(now / 1000)
+if sale[1] and now_ms < tonumber(sale[1]) then
+  return bucket_reply({6, now, tonumber(sale[1])}, buckets)
+end
+if sale[2] and now_ms >= tonumber(sale[2]) then
+  return bucket_reply({7, now, tonumber(sale[2])}, buckets)
 end
 
 local left = redis.call('GET', KEYS[1])
@@ -55,9 +69,19 @@ if left < quantity then
   return bucket_reply({2, now, left}, buckets)
 end
 
+local per_customer = tonumber(sale[3] or 0)
+if per_customer > 0 then
+  local bought = tonumber(redis.call('GET', KEYS[6]) or 0)
+  if bought + quantity > per_customer then
+    return bucket_reply({8, now, math.max(per_customer - bought, 0)}, buckets)
+  end
+  redis.call('INCRBY', KEYS[6], quantity)
+  redis.call('EXPIRE', KEYS[6], tonumber(ARGV[7]))
+end
+
 bucket_charge(buckets)
 left = redis.call('DECRBY', KEYS[1], quantity)
-redis.call('HSET', KEYS[3], unpack(ARGV, 8 + 3 * limits))
+redis.call('HSET', KEYS[3], unpack(ARGV, 9 + 3 * limits))
 redis.call('RPUSH', KEYS[4], ARGV[4])
 if fingerprint ~= '' then
   redis.call('HSET', KEYS[2], 'fp', fingerprint, 'order', ARGV[3])

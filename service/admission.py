@@ -16,11 +16,13 @@ from db.orders import AdmittedOrder
 from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
 from service.resources import Resources
-from service.stock_gate import gate_key
+from service.stock_gate import gate_key, sale_key
 from worker.queue import job_key, order_job_id
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 """How long an Idempotency-Key is remembered after its request was admitted."""
+PURCHASES_TTL_SECONDS = 30 * 24 * 3600
+"""How long a customer's admitted units count against a product's per-customer limit."""
 
 
 class Decision(IntEnum):
@@ -32,6 +34,9 @@ class Decision(IntEnum):
     GATE_MISSING = 3
     REPLAY = 4
     KEY_REUSED = 5
+    NOT_OPEN = 6
+    CLOSED = 7
+    CUSTOMER_LIMIT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +45,23 @@ class Admission:
     order_id: str | None = None
     """The new order's id (admitted) or the first request's (replay, key reused)."""
     left: int = 0
-    """Units left in the gate."""
+    """Units left in the gate; for the sale outcomes, opens/closes (ms) or units still allowed."""
     verdict: Verdict | None = None
     """The rate-limit part, when the limits were checked in the same call."""
 
 
-def idempotency_record_key(client: ClientIdentity, key: str | None) -> str:
-    """Scoped to the client (its customer id when a trusted proxy gave one, else its IP)."""
+def _customer_digest(client: ClientIdentity, extra: str = "") -> str:
+    """The customer (its id when a trusted proxy gave one, else its IP), hashed."""
     scope = client.customer or client.ip
-    digest = hashlib.sha256(f"{scope}\0{key or ''}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return f"fs:idem:{{{digest}}}"
+    return hashlib.sha256(f"{scope}\0{extra}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def idempotency_record_key(client: ClientIdentity, key: str | None) -> str:
+    return f"fs:idem:{{{_customer_digest(client, key or '')}}}"
+
+
+def purchases_key(client: ClientIdentity, product_id: int) -> str:
+    return f"fs:{{p:{product_id}}}:bought:{_customer_digest(client)}"
 
 
 def request_fingerprint(product_id: int, quantity: int) -> str:
@@ -72,6 +84,8 @@ async def admit(
         idempotency_record_key(client, idempotency_key),
         job_key(order_id),
         resources.queue.key,
+        sale_key(product_id),
+        purchases_key(client, product_id),
         *(plan.keys if plan else ()),
     ]
     clock, *limit_args = resources.limiter.arguments(plan)
@@ -82,6 +96,7 @@ async def admit(
         order_job_id(order_id),
         request_fingerprint(product_id, quantity) if idempotency_key else "",
         IDEMPOTENCY_TTL_SECONDS,
+        PURCHASES_TTL_SECONDS,
         len(plan.keys) if plan else 0,
         *limit_args,
         *resources.job_fields.for_order(order),
@@ -89,7 +104,7 @@ async def admit(
     reply = await resources.scripts.admit(keys=keys, args=args)
     decision = Decision(int(reply[0]))
     verdict = None
-    if plan is not None and decision in (Decision.LIMITED, Decision.ADMITTED, Decision.NOT_ENOUGH_STOCK):
+    if plan is not None and decision not in (Decision.REPLAY, Decision.KEY_REUSED):
         verdict = resources.limiter.conclude(plan, decision is not Decision.LIMITED, reply[3:])
     if decision in (Decision.REPLAY, Decision.KEY_REUSED):
         return Admission(decision, order_id=str(reply[2]), verdict=verdict)

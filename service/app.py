@@ -13,6 +13,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from service.errors import EXCEPTION_HANDLERS, problem_details_plugin
 from service.resources import provide_resources, resources_lifespan
+from service.routes.admin import AdminController
 from service.routes.buy import buy
 from service.routes.health import healthz, readyz
 from service.routes.orders import get_order
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exclude=["/metrics", "/healthz", "/readyz"],
     )
     return Litestar(
-        route_handlers=[buy, get_order, get_product, healthz, readyz, PrometheusController],
+        route_handlers=[buy, get_order, get_product, healthz, readyz, AdminController, PrometheusController],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
         lifespan=[resources_lifespan(settings)],
         plugins=[problem_details_plugin()],

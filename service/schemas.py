@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -47,3 +48,8 @@ class ProductView(msgspec.Struct):
     available: int
     """Units not yet promised to an admitted order (the stock gate)."""
     sold_out: bool
+    sale: str
+    """``upcoming`` | ``open`` | ``sold_out`` | ``closed``"""
+    sale_opens_at: datetime | None = None
+    sale_closes_at: datetime | None = None
+    per_customer_limit: int | None = None

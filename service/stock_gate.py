@@ -7,13 +7,38 @@ a message on ``GATE_CHANNEL`` tells every API process to drop its sold-out latch
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+
+from db.models import Product
 
 GATE_CHANNEL = "fs:gate"
 
 
 def gate_key(product_id: int) -> str:
     return f"fs:{{p:{product_id}}}:stock"
+
+
+def sale_key(product_id: int) -> str:
+    return f"fs:{{p:{product_id}}}:sale"
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def publish_product(redis: Any, product: Product, gate_units: int | None) -> Any:
+    """Put a product's sale rules (and gate, unless ``gate_units`` is None) in Redis and
+    announce it (await the result on an asyncio client)."""
+    sale = {"opens_ms": _ms(product.sale_opens_at), "closes_ms": _ms(product.sale_closes_at)}
+    sale["per_customer"] = product.per_customer_limit or 0
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(sale_key(product.id))
+    pipe.hset(sale_key(product.id), mapping={k: v for k, v in sale.items() if v is not None})
+    if gate_units is not None:
+        pipe.set(gate_key(product.id), max(0, gate_units))
+    pipe.publish(GATE_CHANNEL, product.id)
+    return pipe.execute()
 
 
 def set_gate(redis: Any, product_id: int, units: int, only_if_missing: bool = False) -> Any:
@@ -25,8 +50,8 @@ def set_gate(redis: Any, product_id: int, units: int, only_if_missing: bool = Fa
     return pipe.execute()
 
 
-def release(redis: Any, product_id: int, quantity: int) -> Any:
-    """Give back units an order reserved but will never use, and announce it."""
+def add_to_gate(redis: Any, product_id: int, quantity: int) -> Any:
+    """Units back into the gate (an order that will never use its units), announced."""
     pipe = redis.pipeline(transaction=False)
     pipe.incrby(gate_key(product_id), quantity)
     pipe.publish(GATE_CHANNEL, product_id)

@@ -135,9 +135,14 @@ def test_product_shows_stock_and_sale_state(client, redis):
         "stock": 100,
         "available": 100,
         "sold_out": False,
+        "sale": "open",
+        "sale_opens_at": None,
+        "sale_closes_at": None,
+        "per_customer_limit": None,
     }
     redis.set(gate_key(1), 0)
     assert client.get("/products/1").json()["sold_out"] is True
+    assert client.get("/products/1").json()["sale"] == "sold_out"
 
 
 def test_probes(client):

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from db.orders import AdmittedOrder, apply_order, record_failure
 from db.session import make_engine
 from service.settings import get_settings
-from service.stock_gate import release
+from service.stock_gate import add_to_gate
 
 log = logging.getLogger(__name__)
 
@@ -68,4 +68,4 @@ def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any,
     log.error("order job gave up", extra={"order_id": str(order.order_id), "error": repr(exc_value)})
     outcome = record_failure(engine(), order)
     if outcome.applied_now:
-        release(_redis(), order.product_id, order.quantity)
+        add_to_gate(_redis(), order.product_id, order.quantity)

@@ -66,29 +66,31 @@ def _stocks(engine: Engine) -> dict[int, int]:
         return dict(session.exec(select(Product.id, Product.stock)).all())
 
 
+def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair | None:
+    """Set one gate to stock minus undecided units; None when it was right (or moved meanwhile)."""
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(gate_key(product_id))
+            before = pipe.get(gate_key(product_id))
+            undecided = undecided_units(redis, engine)[product_id]
+            target = max(0, _stocks(engine).get(product_id, 0) - undecided)
+            if before is not None and int(before) == target:
+                return None
+            pipe.multi()
+            pipe.set(gate_key(product_id), target)
+            pipe.publish(GATE_CHANNEL, product_id)
+            pipe.execute()
+        except WatchError:
+            log.info("gate moved while reconciling; next pass", extra={"product_id": product_id})
+            return None
+    repair = Repair(product_id, None if before is None else int(before), target)
+    log.warning(
+        "stock gate repaired", extra={"product_id": product_id, "before": repair.gate_before, "after": target}
+    )
+    return repair
+
+
 def reconcile(redis: Redis, engine: Engine) -> list[Repair]:
-    repairs = []
-    for product_id in _stocks(engine):
-        with redis.pipeline() as pipe:
-            try:
-                pipe.watch(gate_key(product_id))
-                before = pipe.get(gate_key(product_id))
-                undecided = undecided_units(redis, engine)[product_id]
-                stock = _stocks(engine).get(product_id, 0)
-                target = max(0, stock - undecided)
-                if before is not None and int(before) == target:
-                    continue
-                pipe.multi()
-                pipe.set(gate_key(product_id), target)
-                pipe.publish(GATE_CHANNEL, product_id)
-                pipe.execute()
-            except WatchError:
-                log.info("gate moved while reconciling; next pass", extra={"product_id": product_id})
-                continue
-        repair = Repair(product_id, None if before is None else int(before), target)
-        log.warning(
-            "stock gate repaired",
-            extra={"product_id": product_id, "before": repair.gate_before, "after": target},
-        )
-        repairs.append(repair)
-    return repairs
+    return [
+        repair for product_id in _stocks(engine) if (repair := reconcile_product(redis, engine, product_id))
+    ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import UTC, datetime
+
 from anyio import to_thread
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
@@ -52,6 +56,10 @@ async def _admit_once_rebuilding_the_gate(
     return admission
 
 
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
+
+
 def _sold_out(product_id: int, headers: dict[str, str]):
     return problem(409, "sold-out", f"Product {product_id} is sold out.", headers=headers)
 
@@ -87,6 +95,31 @@ async def buy(
             "This Idempotency-Key was already used for a different request.",
             headers=headers,
             order_id=admission.order_id,
+        )
+    if admission.decision is Decision.NOT_OPEN:
+        opens_in = max(1, math.ceil((admission.left - time.time() * 1000) / 1000))
+        raise problem(
+            409,
+            "sale-not-open",
+            f"The sale of product {wanted.product_id} has not opened yet.",
+            headers={**headers, "Retry-After": str(opens_in)},
+            opens_at=_iso(admission.left),
+        )
+    if admission.decision is Decision.CLOSED:
+        raise problem(
+            409,
+            "sale-closed",
+            f"The sale of product {wanted.product_id} is over.",
+            headers=headers,
+            closed_at=_iso(admission.left),
+        )
+    if admission.decision is Decision.CUSTOMER_LIMIT:
+        raise problem(
+            409,
+            "purchase-limit",
+            f"This exceeds the per-customer limit of product {wanted.product_id}.",
+            headers=headers,
+            remaining=admission.left,
         )
     if admission.decision is Decision.NOT_ENOUGH_STOCK:
         if admission.left == 0:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from anyio import to_thread
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from db.models import Product
 from db.orders import find_product
 from service.errors import problem
 from service.resources import Resources
@@ -24,13 +27,29 @@ async def get_product(
     if product is None:
         raise problem(404, "unknown-product", f"There is no product {product_id}.")
     gate = await resources.redis.get(gate_key(product_id))
-    available = product.stock if gate is None else max(0, int(gate))
-    view = ProductView(
+    return Response(product_view(product, product.stock if gate is None else int(gate)), headers=headers)
+
+
+def sale_state(product: Product, available: int, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    if product.sale_opens_at and now < product.sale_opens_at:
+        return "upcoming"
+    if product.sale_closes_at and now >= product.sale_closes_at:
+        return "closed"
+    return "sold_out" if available == 0 else "open"
+
+
+def product_view(product: Product, gate: int) -> ProductView:
+    available = max(0, gate)
+    return ProductView(
         id=product.id,
         name=product.name,
         price=f"{product.price:.2f}",
         stock=product.stock,
         available=available,
         sold_out=available == 0,
+        sale=sale_state(product, available),
+        sale_opens_at=product.sale_opens_at,
+        sale_closes_at=product.sale_closes_at,
+        per_customer_limit=product.per_customer_limit,
     )
-    return Response(view, headers=headers)
