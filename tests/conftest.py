@@ -83,9 +83,9 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 @pytest.fixture
 def fresh_db(engine: Engine, redis: Redis) -> Engine:
-    """No orders, the demo product back at stock 100, its stock gate rebuilt."""
+    """No orders, no product but the demo one, back at stock 100, its stock gate rebuilt."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE orders"))
+        connection.execute(text("TRUNCATE orders, products RESTART IDENTITY"))
     seed(engine, redis, stock=100)
     return engine
 

@@ -36,6 +36,11 @@ class OrderWorker(SimpleWorker):
     """Seconds between reconciler passes (one worker at a time runs it); None: never."""
     _last_reconciled = 0.0
 
+    def reconcile_every(self, seconds: int) -> None:
+        """Reconcile the stock gates every ``seconds``, the first time ``seconds`` from now."""
+        self.reconcile_interval = seconds
+        self._last_reconciled = time.monotonic()
+
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
         self._reconcile_when_due()
@@ -72,5 +77,5 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
         serializer=JSONSerializer,
         maintenance_interval=settings.worker_maintenance_interval,
     )
-    worker.reconcile_interval = settings.reconcile_interval_seconds
+    worker.reconcile_every(settings.reconcile_interval_seconds)
     return worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
