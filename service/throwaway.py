@@ -11,6 +11,7 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -61,45 +62,86 @@ def _find(program: str, extra_dirs: list[Path] | None = None) -> str:
     return found
 
 
-def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
-    if process.poll() is None:
-        process.terminate()
+class Server:
+    """One server process that can be stopped and started again on the same port and files
+    (tests restart Redis and PostgreSQL under load)."""
+
+    def __init__(
+        self,
+        command: list[str],
+        port: int,
+        name: str,
+        timeout: float,
+        url: str,
+        stop_signal: int = signal.SIGTERM,
+        run_as: dict | None = None,
+    ) -> None:
+        self.command, self.port, self.name, self.timeout, self.url = command, port, name, timeout, url
+        self.stop_signal = stop_signal
+        self._run_as = run_as or {}
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches our owner, which stops us last
+            **self._run_as,
+        )
+        process = self._process
+        wait_until(
+            lambda: port_open("127.0.0.1", self.port) or process.poll() is not None, self.timeout, self.name
+        )
+        if process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {process.returncode}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """A graceful stop: Redis syncs its AOF, PostgreSQL (SIGINT, "fast") disconnects its
+        clients and shuts down cleanly."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(self.stop_signal)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
 
 @contextmanager
-def _serving(command: list[str], port: int, name: str, timeout: float) -> Iterator[None]:
-    """Run a server until the block ends; ready once it listens on ``port``."""
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # Ctrl-C reaches our owner, which stops us last
-    )
+def _serving(server: Server) -> Iterator[Server]:
+    server.start()
     try:
-        wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None, timeout, name)
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}")
-        yield
+        yield server
     finally:
-        _stop(process, timeout=20)
+        server.stop()
 
 
 @contextmanager
-def redis_server(port: int | None = None, *options: str) -> Iterator[str]:
-    """A redis-server without persistence, configured as the queue needs (noeviction);
-    ``options`` (``"--name", "value"`` pairs) come last and so win."""
+def restartable_redis(port: int | None = None, *options: str) -> Iterator[Server]:
+    """A redis-server without persistence unless ``options`` ask for it, configured as the
+    queue needs (noeviction); ``options`` (``"--name", "value"`` pairs) come last and so win.
+    Its files stay for the whole block, so a restart finds its AOF again."""
     program = _find("redis-server")
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="flashsale-redis-") as directory:
         command = [program, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
         command += ["--maxmemory-policy", "noeviction", "--dir", directory, *options]
-        with _serving(command, port, "redis-server", timeout=10):
-            yield f"redis://127.0.0.1:{port}/0"
+        with _serving(Server(command, port, "redis-server", 10, f"redis://127.0.0.1:{port}/0")) as server:
+            yield server
+
+
+@contextmanager
+def redis_server(port: int | None = None, *options: str) -> Iterator[str]:
+    """A throwaway redis-server, by URL."""
+    with restartable_redis(port, *options) as server:
+        yield server.url
 
 
 def _free_cluster_port() -> int:
@@ -131,9 +173,8 @@ def redis_cluster(nodes: int = 3) -> Iterator[str]:
             node_dir.mkdir()
             command = [program, "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes"]
             command += ["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"]
-            servers.enter_context(
-                _serving([*command, "--dir", str(node_dir)], port, f"cluster node {port}", 10)
-            )
+            node = Server([*command, "--dir", str(node_dir)], port, f"cluster node {port}", 10, "")
+            servers.enter_context(_serving(node))
         subprocess.run(
             [
                 cli,
@@ -151,32 +192,38 @@ def redis_cluster(nodes: int = 3) -> Iterator[str]:
         yield f"redis://127.0.0.1:{ports[0]}/0"
 
 
-def _as_postgres_user() -> list[str]:
-    """PostgreSQL refuses to run as root: drop to the ``postgres`` account when we are root."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+def _as_postgres_user() -> dict:
+    """PostgreSQL refuses to run as root: run it as the ``postgres`` account when we are root
+    (in the child itself, so our signals reach the server, not a wrapper)."""
+    if os.geteuid() != 0:
+        return {}
+    account = pwd.getpwnam("postgres")
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
 @contextmanager
-def postgres_server(port: int | None = None) -> Iterator[str]:
+def restartable_postgres(port: int | None = None) -> Iterator[Server]:
     """A fresh PostgreSQL cluster with trust auth for ``postgres`` on loopback."""
     initdb = _find("initdb", POSTGRES_BIN_DIRS)
     postgres = _find("postgres", POSTGRES_BIN_DIRS)
     port = port or free_port()
     base = Path(tempfile.mkdtemp(prefix="flashsale-pg-"))
     data = base / "data"
+    run_as = _as_postgres_user()
     try:
-        if os.geteuid() == 0:
-            account = pwd.getpwnam("postgres")
-            os.chown(base, account.pw_uid, account.pw_gid)
+        if run_as:
+            os.chown(base, run_as["user"], run_as["group"])
         initialised = subprocess.run(
-            [*_as_postgres_user(), initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            cwd=base,
+            **run_as,
         )
         if initialised.returncode != 0:
             raise RuntimeError(f"initdb failed in {base}: {initialised.stderr.strip()}")
-        command = [*_as_postgres_user(), postgres, "-D", str(data), "-p", str(port)]
+        command = [postgres, "-D", str(data), "-p", str(port)]
         for option in (
             "listen_addresses=127.0.0.1",
             f"unix_socket_directories={base}",
@@ -184,7 +231,16 @@ def postgres_server(port: int | None = None) -> Iterator[str]:
             "max_connections=200",
         ):
             command += ["-c", option]
-        with _serving(command, port, "PostgreSQL", timeout=30):
-            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/flashsale"
+        url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/flashsale"
+        server = Server(command, port, "PostgreSQL", 30, url, stop_signal=signal.SIGINT, run_as=run_as)
+        with _serving(server):
+            yield server
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server(port: int | None = None) -> Iterator[str]:
+    """A throwaway PostgreSQL, by URL (database ``flashsale``, created by ``migrate``)."""
+    with restartable_postgres(port) as server:
+        yield server.url

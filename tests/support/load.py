@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import httpx
 
+NO_ANSWER = 0
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -24,12 +26,17 @@ class Reply:
 async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]]) -> list[Reply]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        in_flight = asyncio.Semaphore(64)  # httpx's own pool slows down badly with many waiters
 
         async def one(index: int, client_ip: str, body: dict) -> Reply:
-            sent = time.time()
-            response = await client.post(
-                f"{urls[index % len(urls)]}/buy", json=body, headers={"x-forwarded-for": client_ip}
-            )
+            async with in_flight:
+                sent = time.time()
+                try:
+                    response = await client.post(
+                        f"{urls[index % len(urls)]}/buy", json=body, headers={"x-forwarded-for": client_ip}
+                    )
+                except httpx.TransportError:  # no answer at all: recorded as status 0
+                    return Reply(NO_ANSWER, None, None, sent, time.time())
             order_id = response.json().get("order_id") if response.status_code == 202 else None
             return Reply(
                 response.status_code, order_id, response.headers.get("retry-after"), sent, time.time()

@@ -35,6 +35,8 @@ class System:
     log_dir: Path
     apis: list[tuple[subprocess.Popen, str]] = field(default_factory=list)
     workers: list[subprocess.Popen] = field(default_factory=list)
+    _retired: list[subprocess.Popen] = field(default_factory=list)
+    """Killed workers, kept so names stay unique and stop() reaps them."""
 
     @property
     def urls(self) -> list[str]:
@@ -72,9 +74,12 @@ class System:
             )
             assert process.poll() is None, self.logs()
 
-    def start_workers(self, count: int) -> None:
-        names = [f"test-worker-{os.getpid()}-{len(self.workers) + i}" for i in range(count)]
+    def start_workers(self, count: int, wait: bool = True) -> None:
+        first = len(self.workers) + len(self._retired)
+        names = [f"test-worker-{os.getpid()}-{first + i}" for i in range(count)]
         self.workers += [self._spawn(name, "worker", "--name", name) for name in names]
+        if not wait:
+            return
         with Redis.from_url(self.env["FLASHSALE_REDIS_URL"]) as redis:
             queue = order_queue(redis)
 
@@ -82,6 +87,14 @@ class System:
                 return {w.name for w in Worker.all(queue=queue)} >= set(names)
 
             wait_until(registered, START_TIMEOUT_SECONDS, f"{count} workers")
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL a worker and everything it started, as when its pod dies."""
+        process = self.workers.pop(index)
+        self._retired.append(process)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
     def logs(self) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
