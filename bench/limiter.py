@@ -8,12 +8,13 @@ On a throwaway redis-server it measures, in one run:
   2. redis-benchmark running the same EVALSHA on the same Redis (what Redis itself can do);
   3. ``POST /buy`` on the 429 path (one client far over its limit) through one API process,
      with and without the local deny cache, next to ``GET /healthz`` on the same process as a
-     floor (the cost of HTTP alone). Load comes from wrk.
+     floor (the cost of HTTP alone), and on the sold-out path (409). Load comes from wrk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -21,12 +22,15 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
+from redis import Redis
 from redis import asyncio as aioredis
 
 from service.lua import load_scripts
 from service.settings import REPO_ROOT
+from service.stock_gate import gate_key
 from service.throwaway import free_port, redis_server, wait_until
 
 CALLS = 20_000
@@ -97,26 +101,49 @@ def _wrk(url: str, post: bool, seconds: int = 8) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def _http_figures(redis_url: str, deny_cache: bool) -> tuple[float, float]:
+@contextmanager
+def _running_api(redis_url: str, **env: str):
+    """One API process on a free port (no database needed for the paths measured here)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "FLASHSALE_REDIS_URL": redis_url,
-        "FLASHSALE_LIMITER_DENY_CACHE": str(deny_cache).lower(),
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-    }
+    settings = {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_LOG_LEVEL": "WARNING", **env}
     api = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1", "--port", str(port)], env=env
+        [sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **settings},
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(f"{base}/healthz"), 30, "API")
-        for _ in range(6):  # spend the one client's bucket
-            httpx.post(f"{base}/buy", json={})
-        return _wrk(f"{base}/buy", post=True), _wrk(f"{base}/healthz", post=False)
+        yield base
     finally:
         api.send_signal(signal.SIGTERM)
         api.wait(30)
+
+
+def _http_figures(redis_url: str, deny_cache: bool) -> tuple[float, float]:
+    """The 429 path (one client far over its limit), and the /healthz floor."""
+    with _running_api(redis_url, FLASHSALE_LIMITER_DENY_CACHE=str(deny_cache).lower()) as base:
+        for _ in range(6):  # spend the one client's bucket
+            httpx.post(f"{base}/buy", json={})
+        return _wrk(f"{base}/buy", post=True), _wrk(f"{base}/healthz", post=False)
+
+
+def _sold_out_figure(redis_url: str) -> float:
+    """The 409 path: the gate at zero, 20,000 clients (each within its limit), latched."""
+    Redis.from_url(redis_url).set(gate_key(1), 0)
+    with _running_api(redis_url, FLASHSALE_TRUSTED_PROXIES="127.0.0.1/32") as base:
+        out = subprocess.run(
+            ["wrk", "-t2", "-c64", "-d8s", "-s", str(REPO_ROOT / "bench" / "buy.lua"), f"{base}/buy"],
+            env={**os.environ, "BENCH_CLIENTS": "20000"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    figures = json.loads(
+        next(line for line in out.splitlines() if line.startswith("BENCH ")).removeprefix("BENCH ")
+    )
+    if set(figures["statuses"]) != {"409"}:
+        raise SystemExit(f"expected only 409s, got {figures['statuses']}")
+    return figures["requests"] / (figures["duration_us"] / 1e6)
 
 
 def _answers(url: str) -> bool:
@@ -137,6 +164,7 @@ def main() -> int:
         server = _redis_benchmark(redis_url)
         cached_429, floor = _http_figures(redis_url, deny_cache=True)
         uncached_429, floor_again = _http_figures(redis_url, deny_cache=False)
+        sold_out = _sold_out_figure(redis_url)
     print("limiter decisions/s, one Python process (redis.asyncio, token_buckets.lua)")
     print(f"  plain, one call at a time      {plain:>10,.0f}")
     print(f"  pipelined, 16 per round trip   {piped_16:>10,.0f}")
@@ -147,6 +175,8 @@ def main() -> int:
     ratio = uncached_429 / floor_again
     print(f"  without it                     {uncached_429:>10,.0f} req/s  ({ratio:.2f} x floor)")
     print(f"  floor: GET /healthz            {floor:>10,.0f} req/s, {floor_again:,.0f} in the second run")
+    print("POST /buy on the sold-out path (gate at zero, latched), one API process, 20,000 clients")
+    print(f"  409 answers                    {sold_out:>10,.0f} req/s  ({sold_out / floor:.2f} x floor)")
     return 0
 
 
