@@ -36,6 +36,7 @@ format: $(INSTALLED) ## rewrite files to ruff's formatting
 bench: $(INSTALLED) ## measure /buy under load and the limiter (needs wrk); prints the figures
 	$(BIN)/python -m bench.buy_load
 	$(BIN)/python -m bench.limiter
+	$(BIN)/python -m bench.workers
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

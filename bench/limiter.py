@@ -28,7 +28,7 @@ import httpx
 from redis import Redis
 from redis import asyncio as aioredis
 
-from service.lua import load_scripts
+from service.lua import load_scripts, script_source
 from service.settings import REPO_ROOT
 from service.stock_gate import gate_key
 from service.throwaway import free_port, redis_server, wait_until
@@ -60,7 +60,7 @@ async def _decisions_per_second(redis_url: str, batch: int) -> float:
 def _redis_benchmark(redis_url: str) -> float:
     port = redis_url.rsplit(":", 1)[1].split("/")[0]
     sha = subprocess.run(
-        ["redis-cli", "-p", port, "SCRIPT", "LOAD", (REPO_ROOT / "lua" / "token_buckets.lua").read_text()],
+        ["redis-cli", "-p", port, "SCRIPT", "LOAD", script_source("token_buckets", REPO_ROOT / "lua")],
         capture_output=True,
         text=True,
         check=True,
@@ -121,6 +121,7 @@ def _running_api(redis_url: str, **env: str):
 
 def _http_figures(redis_url: str, deny_cache: bool) -> tuple[float, float]:
     """The 429 path (one client far over its limit), and the /healthz floor."""
+    Redis.from_url(redis_url).set(gate_key(1), 10**9)  # plenty of stock: only the limiter says no
     with _running_api(redis_url, FLASHSALE_LIMITER_DENY_CACHE=str(deny_cache).lower()) as base:
         for _ in range(6):  # spend the one client's bucket
             httpx.post(f"{base}/buy", json={})

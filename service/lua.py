@@ -26,10 +26,14 @@ class Scripts:
     admit: Script | AsyncScript
 
 
+def script_source(name: str, lua_dir: Path) -> str:
+    """The full text Redis runs for ``name``: its library first, then the script."""
+    return "\n".join((lua_dir / file).read_text(encoding="utf-8") for file in SCRIPT_SOURCES[name])
+
+
 def load_scripts(client: Any, lua_dir: Path) -> Scripts:
     """Read every script once and bind it to ``client`` (EVALSHA, reloaded on NOSCRIPT)."""
     scripts = Scripts()
-    for name, files in SCRIPT_SOURCES.items():
-        source = "\n".join((lua_dir / file).read_text(encoding="utf-8") for file in files)
-        setattr(scripts, name, client.register_script(source))
+    for name in SCRIPT_SOURCES:
+        setattr(scripts, name, client.register_script(script_source(name, lua_dir)))
     return scripts
