@@ -1,6 +1,7 @@
 """lua/admit.lua through service/admission.py on a real Redis, and the jobs it writes on a real RQ worker."""
 
 import asyncio
+import json
 import uuid
 
 from rq.job import Job
@@ -127,8 +128,11 @@ def test_admit_writes_the_same_job_rq_itself_would(settings, redis):
     theirs = enqueue_order(order_queue(redis), same_order, settings.job_timeout_seconds)
     mine, rqs = redis.hgetall(ours.key), redis.hgetall(theirs.key)
     assert set(mine) == set(rqs), "same fields as RQ's own enqueue"
-    for field in set(mine) - {b"data", b"created_at", b"enqueued_at", b"description"}:
+    for field in set(mine) - {b"data", b"created_at", b"enqueued_at", b"description", b"retry_intervals"}:
         assert mine[field] == rqs[field], field
+    jittered, plain = json.loads(mine[b"retry_intervals"]), json.loads(rqs[b"retry_intervals"])
+    assert len(jittered) == len(plain) and jittered[0] == plain[0] == 0
+    assert all(0.5 * base - 1 <= wait <= 1.5 * base + 1 for wait, base in zip(jittered, plain, strict=True))
     assert ours.func_name == theirs.func_name and ours.args[1:3] == [1, 1]
     assert (ours.timeout, ours.retries_left, ours.result_ttl, ours.failure_ttl) == (
         theirs.timeout,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -22,7 +24,16 @@ FAILURE_TTL_SECONDS = 7 * 24 * 3600
 # order is rejected as failed; sold out and optimistic-lock conflicts never raise. The
 # first retry is immediate, so a job abandoned by a dead worker is requeued by any worker's
 # maintenance sweep without waiting for RQ's scheduler (whose lock may have died with it).
-RETRY = Retry(max=7, interval=[0, 1, 2, 5, 10, 30, 60])
+RETRY_BACKOFF_SECONDS = [0, 1, 2, 5, 10, 30, 60]
+RETRY = Retry(max=len(RETRY_BACKOFF_SECONDS), interval=RETRY_BACKOFF_SECONDS)
+
+
+def jittered_backoff() -> list[int]:
+    """RETRY's waits, each drawn from 50-150 % of itself (the first stays 0), so the orders
+    that failed together when PostgreSQL went away do not all come back in the same second."""
+    return [round(wait * random.uniform(0.5, 1.5)) for wait in RETRY_BACKOFF_SECONDS]
+
+
 JOB_OPTIONS = {
     "result_ttl": RESULT_TTL_SECONDS,
     "failure_ttl": FAILURE_TTL_SECONDS,
@@ -83,7 +94,7 @@ class OrderJobFields:
     changes the format fails there.
     """
 
-    PER_ORDER = ("data", "created_at", "enqueued_at", "description")
+    PER_ORDER = ("data", "created_at", "enqueued_at", "description", "retry_intervals")
 
     def __init__(self, queue: Queue, job_timeout: int) -> None:
         template = queue.create_job(JOB_FUNCTION, args=[], timeout=job_timeout, **JOB_OPTIONS)
@@ -103,14 +114,11 @@ class OrderJobFields:
     def for_order(self, order: AdmittedOrder) -> list[str | bytes]:
         stamp = utcformat(datetime.now(UTC))
         data = self._serializer.dumps((JOB_FUNCTION, None, job_arguments(order), {}))
-        per_order = [
-            "data",
-            data,
-            "created_at",
-            stamp,
-            "enqueued_at",
-            stamp,
-            "description",
-            _description(order),
-        ]
-        return self._constant + per_order
+        per_order = {
+            "data": data,
+            "created_at": stamp,
+            "enqueued_at": stamp,
+            "description": _description(order),
+            "retry_intervals": json.dumps(jittered_backoff()),
+        }
+        return self._constant + [item for pair in per_order.items() for item in pair]
