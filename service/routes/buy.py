@@ -60,6 +60,29 @@ def _iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
 
 
+# Refusals that need nothing but a problem: status, type, detail, extra members.
+_REFUSALS = {
+    Decision.KEY_REUSED: (
+        422,
+        "idempotency-key-reused",
+        "This Idempotency-Key was already used for a different request.",
+        lambda admission: {"order_id": admission.order_id},
+    ),
+    Decision.CLOSED: (
+        409,
+        "sale-closed",
+        "The sale of product {product} is over.",
+        lambda admission: {"closed_at": _iso(admission.left)},
+    ),
+    Decision.CUSTOMER_LIMIT: (
+        409,
+        "purchase-limit",
+        "This exceeds the per-customer limit of product {product}.",
+        lambda admission: {"remaining": admission.left},
+    ),
+}
+
+
 def _sold_out(product_id: int, headers: dict[str, str]):
     return problem(409, "sold-out", f"Product {product_id} is sold out.", headers=headers)
 
@@ -88,13 +111,10 @@ async def buy(
     headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers) if verdict else {}
     if admission.decision is Decision.LIMITED:
         raise limited_problem(verdict, headers)
-    if admission.decision is Decision.KEY_REUSED:
+    if refusal := _REFUSALS.get(admission.decision):
+        status, slug, detail, extra = refusal
         raise problem(
-            422,
-            "idempotency-key-reused",
-            "This Idempotency-Key was already used for a different request.",
-            headers=headers,
-            order_id=admission.order_id,
+            status, slug, detail.format(product=wanted.product_id), headers=headers, **extra(admission)
         )
     if admission.decision is Decision.NOT_OPEN:
         opens_in = max(1, math.ceil((admission.left - time.time() * 1000) / 1000))
@@ -104,22 +124,6 @@ async def buy(
             f"The sale of product {wanted.product_id} has not opened yet.",
             headers={**headers, "Retry-After": str(opens_in)},
             opens_at=_iso(admission.left),
-        )
-    if admission.decision is Decision.CLOSED:
-        raise problem(
-            409,
-            "sale-closed",
-            f"The sale of product {wanted.product_id} is over.",
-            headers=headers,
-            closed_at=_iso(admission.left),
-        )
-    if admission.decision is Decision.CUSTOMER_LIMIT:
-        raise problem(
-            409,
-            "purchase-limit",
-            f"This exceeds the per-customer limit of product {wanted.product_id}.",
-            headers=headers,
-            remaining=admission.left,
         )
     if admission.decision is Decision.NOT_ENOUGH_STOCK:
         if admission.left == 0:
