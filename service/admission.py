@@ -17,7 +17,7 @@ from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
 from service.resources import Resources
 from service.stock_gate import gate_key, sale_key
-from worker.queue import job_key, order_job_id
+from worker.queue import ADMITTED_KEY, job_key, order_job_id
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 """How long an Idempotency-Key is remembered after its request was admitted."""
@@ -86,6 +86,7 @@ async def admit(
         resources.queue.key,
         sale_key(product_id),
         purchases_key(client, product_id),
+        ADMITTED_KEY,
         *(plan.keys if plan else ()),
     ]
     clock, *limit_args = resources.limiter.arguments(plan)

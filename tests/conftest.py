@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from db.migrate import DatabaseUnavailable, migrate, wait_for_server
 from db.seed import seed
 from db.session import make_engine
-from service.settings import Settings, settings_from_env
+from service.settings import Settings, get_settings, settings_from_env
 from service.throwaway import postgres_server, redis_server
 from tests.support.system import System
 
@@ -118,3 +118,21 @@ def system(settings_env: dict[str, str], fresh_db: Engine, tmp_path) -> Iterator
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def worker_env(monkeypatch, settings_env):
+    """Point this process's job code at the test servers (``worker_env(NAME=value)`` overrides)."""
+    from worker import jobs
+
+    def use(**overrides):
+        for name, value in {**settings_env, **overrides}.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        jobs.engine.cache_clear()
+        jobs._redis.cache_clear()
+
+    yield use
+    get_settings.cache_clear()
+    jobs.engine.cache_clear()
+    jobs._redis.cache_clear()

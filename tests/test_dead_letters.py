@@ -5,31 +5,13 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
-import pytest
 from rq import Callback
 
 from db.orders import AdmittedOrder
-from service.settings import get_settings
 from service.throwaway import free_port
 from tests.support.database import order_rows
-from worker import jobs
 from worker.queue import JOB_FUNCTION, job_arguments, order_job_id, order_queue
 from worker.runner import OrderWorker
-
-
-@pytest.fixture
-def worker_env(monkeypatch, settings_env):
-    def use(**overrides):
-        for name, value in {**settings_env, **overrides}.items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-        jobs.engine.cache_clear()
-        jobs._redis.cache_clear()
-
-    yield use
-    get_settings.cache_clear()
-    jobs.engine.cache_clear()
-    jobs._redis.cache_clear()
 
 
 def _cli(settings_env, *args):

@@ -15,6 +15,7 @@ from db.orders import AdmittedOrder, apply_order, record_failure
 from db.session import make_engine
 from service.settings import get_settings
 from service.stock_gate import add_to_gate
+from worker.queue import ADMITTED_KEY, order_job_id
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
     """Confirm or reject one admitted order in PostgreSQL, exactly once."""
     order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
     outcome = apply_order(engine(), order)
+    _redis().zrem(ADMITTED_KEY, order_job_id(order_id))
     log.info(
         "order decided",
         extra={
@@ -67,5 +69,6 @@ def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any,
     order = _admitted(*job.args)
     log.error("order job gave up", extra={"order_id": str(order.order_id), "error": repr(exc_value)})
     outcome = record_failure(engine(), order)
+    _redis().zrem(ADMITTED_KEY, order_job_id(str(order.order_id)))
     if outcome.applied_now:
         add_to_gate(_redis(), order.product_id, order.quantity)

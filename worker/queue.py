@@ -15,6 +15,9 @@ from rq.utils import utcformat
 from db.orders import AdmittedOrder
 
 QUEUE_NAME = "orders"
+ADMITTED_KEY = "fs:admitted"
+"""Sorted set of order job ids admitted and not yet decided, scored by admission time (ms):
+our own record, so no order can strand between RQ's lists (see worker/stranded.py)."""
 JOB_FUNCTION = "worker.jobs.apply_order_job"
 RESULT_TTL_SECONDS = 600
 """A finished job lingers this long; the order row in PostgreSQL is the lasting record."""

@@ -16,11 +16,13 @@ from service.settings import Settings
 from worker.jobs import engine as jobs_engine
 from worker.queue import order_queue
 from worker.reconcile import reconcile
+from worker.stranded import requeue_stranded
 
 ABANDON_GRACE_SECONDS = 5
 
 
 RECONCILE_LOCK = "fs:reconcile:lock"
+STRANDED_LOCK = "fs:stranded:lock"
 
 
 class OrderWorker(SimpleWorker):
@@ -41,9 +43,23 @@ class OrderWorker(SimpleWorker):
         self.reconcile_interval = seconds
         self._last_reconciled = time.monotonic()
 
+    stranded_after_seconds: float | None = None
+    """Admitted orders older than this and in no RQ list are queued again; None: never."""
+
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
+        self._requeue_stranded()
         self._reconcile_when_due()
+
+    def _requeue_stranded(self) -> None:
+        if self.stranded_after_seconds is None:
+            return
+        if not self.connection.set(STRANDED_LOCK, self.name, nx=True, ex=self.maintenance_interval):
+            return  # another worker's turn
+        try:
+            requeue_stranded(self.connection, jobs_engine(), self.stranded_after_seconds)
+        except (RedisError, SQLAlchemyError) as exc:
+            self.log.warning("stranded-order sweep skipped: %s", type(exc).__name__)
 
     def _reconcile_when_due(self) -> None:
         now = time.monotonic()
@@ -78,4 +94,8 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
         maintenance_interval=settings.worker_maintenance_interval,
     )
     worker.reconcile_every(settings.reconcile_interval_seconds)
+    # Long after any job still moving through RQ's own lists (or its abandoned-job recovery).
+    worker.stranded_after_seconds = (
+        settings.job_timeout_seconds + ABANDON_GRACE_SECONDS + 2 * settings.worker_maintenance_interval + 10
+    )
     return worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)

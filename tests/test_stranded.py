@@ -1,0 +1,56 @@
+"""An admitted order that fell out of RQ's lists is queued again, and only then."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from db.orders import AdmittedOrder, apply_order
+from service.admission import Decision, admit
+from service.identity import ClientIdentity
+from service.resources import close_resources, open_resources
+from service.stock_gate import set_gate
+from tests.support.database import order_rows
+from worker.queue import ADMITTED_KEY, order_queue
+from worker.runner import OrderWorker
+from worker.stranded import requeue_stranded
+
+
+def _admit_orders(settings, count):
+    async def run():
+        resources = open_resources(settings)
+        try:
+            clients = [ClientIdentity(f"10.2.0.{i}", None, {}, "x-api-key") for i in range(count)]
+            results = [await admit(resources, client, None, 1, 1, None) for client in clients]
+        finally:
+            await close_resources(resources)
+        assert all(r.decision is Decision.ADMITTED for r in results)
+        return [r.order_id for r in results]
+
+    return asyncio.run(run())
+
+
+def test_a_job_in_no_rq_list_is_queued_again_and_decided(settings, redis, fresh_db, worker_env):
+    set_gate(redis, 1, 10)
+    order_ids = _admit_orders(settings, 3)
+    assert redis.zcard(ADMITTED_KEY) == 3
+    stranded = redis.lpop("rq:queue:orders").decode()  # as if a worker died between pop and start
+
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == [stranded]
+    assert redis.llen("rq:queue:orders") == 3
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == [], "queued jobs are left alone"
+
+    worker_env()
+    queue = order_queue(redis)
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert set(order_rows(fresh_db)) == set(order_ids)
+    assert redis.zcard(ADMITTED_KEY) == 0, "each decided job takes itself off the admitted set"
+
+
+def test_recent_or_decided_orders_are_not_requeued(settings, redis, fresh_db):
+    set_gate(redis, 1, 10)
+    (order_id,) = _admit_orders(settings, 1)
+    redis.lpop("rq:queue:orders")
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=60) == [], "too recent to call stranded"
+    apply_order(fresh_db, AdmittedOrder(uuid.UUID(order_id), 1, 1, "10.2.0.0", datetime.now(UTC)))
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == []
+    assert redis.zcard(ADMITTED_KEY) == 0 and redis.llen("rq:queue:orders") == 0
