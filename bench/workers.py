@@ -2,8 +2,9 @@
 
     python -m bench.workers [--orders 2000]
 
-Orders are queued first (through RQ's own enqueue), then the workers start and drain the
-queue in burst mode; the figure is orders confirmed per second from the workers' start to
+Orders are admitted first (through lua/admit.lua, as the API does, so workers can claim
+them in batches of FLASHSALE_WORKER_BATCH_SIZE), then the workers start and drain the queue
+in burst mode; the figure is orders confirmed per second from the workers' start to
 the last row. It uses a throwaway redis-server and the database ``flashsale_bench`` on the
 PostgreSQL named by FLASHSALE_DATABASE_URL (default: the local one; fsync on, as in
 production), or a throwaway PostgreSQL (fsync off: flattering) when none answers.
@@ -12,25 +13,25 @@ production), or a throwaway PostgreSQL (fsync off: flattering) when none answers
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
 import time
-import uuid
 from contextlib import ExitStack
-from datetime import UTC, datetime
 
 from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from db.migrate import DatabaseUnavailable, migrate, wait_for_server
-from db.orders import AdmittedOrder
 from db.seed import seed
 from db.session import make_engine
-from service.settings import get_settings
+from service.admission import Decision, admit
+from service.identity import ClientIdentity
+from service.resources import close_resources, open_resources
+from service.settings import get_settings, settings_from_env
 from service.throwaway import postgres_server, redis_server
-from worker.queue import enqueue_order, order_queue
 
 
 def _database(stack: ExitStack) -> tuple[str, str]:
@@ -43,6 +44,18 @@ def _database(stack: ExitStack) -> tuple[str, str]:
         return stack.enter_context(postgres_server()), "throwaway PostgreSQL, fsync off"
 
 
+async def _admit(redis_url: str, database_url: str, orders: int) -> None:
+    settings = settings_from_env({"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url})
+    resources = open_resources(settings)
+    try:
+        for i in range(orders):
+            client = ClientIdentity(f"10.0.{i // 256}.{i % 256}", None, {}, "x-api-key")
+            admission = await admit(resources, client, None, 1, 1, None)
+            assert admission.decision is Decision.ADMITTED, admission
+    finally:
+        await close_resources(resources)
+
+
 def drain_rate(redis_url: str, database_url: str, workers: int, orders: int) -> float:
     engine = make_engine(database_url, pool_size=1)
     redis = Redis.from_url(redis_url)
@@ -50,10 +63,7 @@ def drain_rate(redis_url: str, database_url: str, workers: int, orders: int) -> 
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE orders"))
     seed(engine, redis, stock=orders * 10)
-    queue = order_queue(redis)
-    for i in range(orders):
-        order = AdmittedOrder(uuid.uuid4(), 1, 1, f"10.0.{i // 256}.{i % 256}", datetime.now(UTC))
-        enqueue_order(queue, order, job_timeout=10)
+    asyncio.run(_admit(redis_url, database_url, orders))
     env = {
         **os.environ,
         "FLASHSALE_REDIS_URL": redis_url,

@@ -46,47 +46,64 @@ def backoff_seconds(conflicts: int) -> float:
 
 
 def apply_order(engine: Engine, order: AdmittedOrder, sleep: Callable[[float], None] = time.sleep) -> Outcome:
-    """Confirm or reject ``order`` exactly once.
+    """Confirm or reject ``order`` exactly once (a batch of one)."""
+    return apply_orders(engine, [order], sleep)[order.order_id]
 
-    Read stock and version, then ``UPDATE … WHERE id = … AND version = <seen>``; zero rows
-    means another worker changed the product first, so re-read and retry after a jittered
-    backoff until the update lands or the stock is gone. The order row is written in the
-    same transaction as the stock change, and its primary key is the order id, so a job
-    that runs twice finds the first run's row instead of buying twice.
+
+def apply_orders(
+    engine: Engine, orders: list[AdmittedOrder], sleep: Callable[[float], None] = time.sleep
+) -> dict[uuid.UUID, Outcome]:
+    """Confirm or reject orders of one product, each exactly once, in one transaction.
+
+    Read stock and version, give units to the undecided orders first come first served, then
+    ``UPDATE … SET stock = stock - <units given> WHERE id = … AND version = <seen>`` and write
+    every order row in the same transaction. Zero rows updated means another worker changed
+    the product first: re-read and retry after a jittered backoff. Order ids are primary
+    keys, so an order decided by another run is found, never bought twice. One version-checked
+    update for many orders is what lets confirmations on a hot product scale.
     """
     conflicts = 0
     while True:
         with Session(engine) as session:
-            decided = session.get(Order, order.order_id)
-            if decided is not None:
-                return Outcome(decided.status, decided.reason, conflicts, applied_now=False)
+            decided = {
+                row.id: Outcome(row.status, row.reason, conflicts, applied_now=False)
+                for row in session.exec(select(Order).where(Order.id.in_([o.order_id for o in orders])))
+            }
+            todo = sorted((o for o in orders if o.order_id not in decided), key=lambda o: o.admitted_at)
+            if not todo:
+                return decided
             row = session.exec(
-                select(Product.stock, Product.version).where(Product.id == order.product_id)
+                select(Product.stock, Product.version).where(Product.id == todo[0].product_id)
             ).first()
-            if row is None:
-                status, reason = OrderStatus.REJECTED, RejectReason.UNKNOWN_PRODUCT
-            elif row.stock < order.quantity:
-                status, reason = OrderStatus.REJECTED, RejectReason.SOLD_OUT
-            else:
-                status, reason = OrderStatus.CONFIRMED, None
+            verdicts, left = [], row.stock if row else 0
+            for order in todo:
+                if row is None:
+                    verdicts.append((order, OrderStatus.REJECTED, RejectReason.UNKNOWN_PRODUCT))
+                elif order.quantity <= left:
+                    left -= order.quantity
+                    verdicts.append((order, OrderStatus.CONFIRMED, None))
+                else:
+                    verdicts.append((order, OrderStatus.REJECTED, RejectReason.SOLD_OUT))
+            if row is not None and left != row.stock:
                 changed = session.execute(
                     update(Product)
-                    .where(Product.id == order.product_id, Product.version == row.version)
-                    .values(stock=Product.stock - order.quantity, version=Product.version + 1)
+                    .where(Product.id == todo[0].product_id, Product.version == row.version)
+                    .values(stock=Product.stock - (row.stock - left), version=Product.version + 1)
                 ).rowcount
                 if changed != 1:
                     session.rollback()
                     conflicts += 1
                     sleep(backoff_seconds(conflicts))
                     continue
-            session.add(_order_row(order, status, reason))
+            session.add_all(_order_row(order, status, reason) for order, status, reason in verdicts)
             try:
                 session.commit()
             except IntegrityError:
-                # Another run of this order committed first; the next pass reads its row.
+                # Another run decided one of these first; the next pass reads its row.
                 session.rollback()
                 continue
-            return Outcome(status, reason, conflicts, applied_now=True)
+            applied = {o.order_id: Outcome(st, rs, conflicts, applied_now=True) for o, st, rs in verdicts}
+            return decided | applied
 
 
 def record_failure(engine: Engine, order: AdmittedOrder) -> Outcome:

@@ -9,7 +9,8 @@
 -- KEYS[5]     the product's sale, fs:{p:<id>}:sale: opens_ms, closes_ms, per_customer (0 = none)
 -- KEYS[6]     units this customer was admitted for, fs:{p:<id>}:bought:<customer digest>
 -- KEYS[7]     admitted orders not yet decided, fs:admitted: job id scored by admission ms
--- KEYS[8..]   the route's rate-limit buckets, when they live on this Redis (else none)
+-- KEYS[8]     the product's undecided orders, fs:{p:<id>}:pending, for workers to apply in batches
+-- KEYS[9..]   the route's rate-limit buckets, when they live on this Redis (else none)
 -- ARGV[1]     the caller's time in µs, or "" for Redis TIME (see buckets.lib.lua)
 -- ARGV[2]     quantity (>= 1)
 -- ARGV[3]     order id
@@ -17,9 +18,10 @@
 -- ARGV[5]     request fingerprint for the idempotency key, or "" when the request has none
 -- ARGV[6]     seconds an idempotency record lives
 -- ARGV[7]     seconds a customer's purchase count lives
--- ARGV[8]     n, the number of buckets in KEYS[8..]
+-- ARGV[8]     n, the number of buckets in KEYS[9..]
 -- ARGV[9..8+3n]   capacity, refill (micro-tokens/s), cost of each bucket
--- ARGV[9+3n..]    the job hash, field, value, ... in RQ's own format (worker/queue.py builds it)
+-- ARGV[9+3n]      the order as JSON (the job's arguments), for the pending list
+-- ARGV[10+3n..]   the job hash, field, value, ... in RQ's own format (worker/queue.py builds it)
 -- returns     {outcome, now µs, detail, then per bucket: allowed, remaining, retry ms, full ms}
 --             outcome 1 admitted (detail: units left), 0 rate-limited, 2 not enough stock
 --             (detail: units left), 3 gate missing (rebuild it from PostgreSQL, then retry),
@@ -47,7 +49,7 @@ if fingerprint ~= '' then
   end
 end
 
-local admitted, buckets = bucket_check(KEYS, 8, ARGV, 9, limits, now, app_clock)
+local admitted, buckets = bucket_check(KEYS, 9, ARGV, 9, limits, now, app_clock)
 if admitted == 0 then
   return bucket_reply({0, now, 0}, buckets)
 end
@@ -82,9 +84,11 @@ end
 
 bucket_charge(buckets)
 left = redis.call('DECRBY', KEYS[1], quantity)
-redis.call('HSET', KEYS[3], unpack(ARGV, 9 + 3 * limits))
+redis.call('HSET', KEYS[3], unpack(ARGV, 10 + 3 * limits))
 redis.call('RPUSH', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[7], now_ms, ARGV[4])
+redis.call('RPUSH', KEYS[8], ARGV[9 + 3 * limits])
+redis.call('EXPIRE', KEYS[8], 86400)
 if fingerprint ~= '' then
   redis.call('HSET', KEYS[2], 'fp', fingerprint, 'order', ARGV[3])
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))

@@ -7,6 +7,7 @@ and the enqueue happen in one atomic step, and a "no" charges nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
 from service.resources import Resources
 from service.stock_gate import gate_key, sale_key
-from worker.queue import ADMITTED_KEY, job_key, order_job_id
+from worker.queue import ADMITTED_KEY, job_arguments, job_key, order_job_id, pending_key
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 """How long an Idempotency-Key is remembered after its request was admitted."""
@@ -87,6 +88,7 @@ async def admit(
         sale_key(product_id),
         purchases_key(client, product_id),
         ADMITTED_KEY,
+        pending_key(product_id),
         *(plan.keys if plan else ()),
     ]
     clock, *limit_args = resources.limiter.arguments(plan)
@@ -100,6 +102,7 @@ async def admit(
         PURCHASES_TTL_SECONDS,
         len(plan.keys) if plan else 0,
         *limit_args,
+        json.dumps(job_arguments(order)),
         *resources.job_fields.for_order(order),
     ]
     reply = await resources.scripts.admit(keys=keys, args=args)

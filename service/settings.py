@@ -73,6 +73,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds between a worker's sweeps for jobs abandoned by dead workers."""
     reconcile_interval_seconds: int = 30
     """Seconds between reconciler passes over the stock gates (one worker at a time)."""
+    worker_batch_size: int = 64
+    """Most orders of one product a worker applies in one transaction."""
     lua_dir: Path = REPO_ROOT / "lua"
     policies: Policies = msgspec.field(default_factory=lambda: default_policies(5, 1.0))
     """Parsed from the fields above at start; not a variable of its own."""
@@ -205,6 +207,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "job_timeout_seconds": _positive_int,
     "worker_maintenance_interval": _positive_int,
     "reconcile_interval_seconds": _positive_int,
+    "worker_batch_size": _positive_int,
     "lua_dir": _directory,
 }
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 
 from db.models import OrderStatus, RejectReason
-from db.orders import AdmittedOrder, apply_order, backoff_seconds, record_failure
+from db.orders import AdmittedOrder, apply_order, apply_orders, backoff_seconds, record_failure
 from service.throwaway import wait_until
 from tests.support.database import order_rows, product_state
 
@@ -111,3 +111,22 @@ def test_backoff_is_jittered_and_capped():
     delays = [backoff_seconds(n) for n in range(1, 40)]
     assert all(0 <= d <= 0.05 for d in delays)
     assert len(set(delays)) > 1
+
+
+def test_a_batch_is_served_first_come_first_served_with_one_version_bump(fresh_db):
+    with fresh_db.begin() as connection:
+        connection.execute(text("UPDATE products SET stock = 3 WHERE id = 1"))
+    _, version = product_state(fresh_db)
+    orders = [_order() for _ in range(5)]
+    outcomes = apply_orders(fresh_db, list(reversed(orders)))  # arrival order, not list order, counts
+    assert [outcomes[o.order_id].status for o in orders] == ["confirmed"] * 3 + ["rejected"] * 2
+    assert {outcomes[o.order_id].reason for o in orders[3:]} == {"sold_out"}
+    assert product_state(fresh_db) == (0, version + 1)
+
+
+def test_a_batch_skips_what_is_already_decided(fresh_db):
+    first, second = _order(), _order()
+    apply_order(fresh_db, first)
+    outcomes = apply_orders(fresh_db, [first, second])
+    assert not outcomes[first.order_id].applied_now and outcomes[second.order_id].applied_now
+    assert product_state(fresh_db)[0] == 98

@@ -9,8 +9,8 @@ from service.admission import Decision, admit
 from service.identity import ClientIdentity
 from service.resources import close_resources, open_resources
 from service.stock_gate import set_gate
-from tests.support.database import order_rows
-from worker.queue import ADMITTED_KEY, order_queue
+from tests.support.database import order_rows, product_state
+from worker.queue import ADMITTED_KEY, order_queue, pending_key
 from worker.runner import OrderWorker
 from worker.stranded import requeue_stranded
 
@@ -44,6 +44,21 @@ def test_a_job_in_no_rq_list_is_queued_again_and_decided(settings, redis, fresh_
     OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
     assert set(order_rows(fresh_db)) == set(order_ids)
     assert redis.zcard(ADMITTED_KEY) == 0, "each decided job takes itself off the admitted set"
+
+
+def test_a_worker_applies_a_products_queued_orders_in_batches(settings, redis, fresh_db, worker_env):
+    set_gate(redis, 1, 100)
+    _, version = product_state(fresh_db)
+    order_ids = _admit_orders(settings, 40)
+    worker_env(FLASHSALE_WORKER_BATCH_SIZE="16")
+    queue = order_queue(redis)
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert set(order_rows(fresh_db)) == set(order_ids)
+    stock, version_after = product_state(fresh_db)
+    assert stock == 60
+    # One version-checked update per batch of up to 17 (an order and 16 claimed), not per order.
+    assert version_after - version <= 40 // 16 + 1
+    assert redis.llen(pending_key(1)) == 0 and redis.zcard(ADMITTED_KEY) == 0
 
 
 def test_recent_or_decided_orders_are_not_requeued(settings, redis, fresh_db):

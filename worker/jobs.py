@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime
@@ -11,11 +12,11 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import Engine
 
-from db.orders import AdmittedOrder, apply_order, record_failure
+from db.orders import AdmittedOrder, apply_orders, record_failure
 from db.session import make_engine
 from service.settings import get_settings
 from service.stock_gate import add_to_gate
-from worker.queue import ADMITTED_KEY, order_job_id
+from worker.queue import ADMITTED_KEY, order_job_id, pending_key
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,20 @@ def _admitted(
 
 
 def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> dict:
-    """Confirm or reject one admitted order in PostgreSQL, exactly once."""
+    """Confirm or reject one admitted order in PostgreSQL, exactly once, together with up to
+    ``FLASHSALE_WORKER_BATCH_SIZE`` other orders of its product claimed from the pending list.
+
+    Claimed orders keep their own jobs: if this worker dies before it commits, those jobs
+    still apply them; if it commits, they find their rows and change nothing.
+    """
     order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
-    outcome = apply_order(engine(), order)
-    _redis().zrem(ADMITTED_KEY, order_job_id(order_id))
+    claimed = _redis().lpop(pending_key(product_id), get_settings().worker_batch_size) or []
+    batch = {order.order_id: order}
+    for payload in claimed:
+        mate = _admitted(*json.loads(payload))
+        batch.setdefault(mate.order_id, mate)
+    outcome = apply_orders(engine(), list(batch.values()))[order.order_id]
+    _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
     log.info(
         "order decided",
         extra={

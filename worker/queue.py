@@ -50,6 +50,11 @@ def order_queue(connection: Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer)
 
 
+def pending_key(product_id: int) -> str:
+    """The product's admitted orders, as JSON job arguments, for workers to claim in batches."""
+    return f"fs:{{p:{product_id}}}:pending"
+
+
 def order_job_id(order_id: str) -> str:
     """Deterministic: one job per order id, so a retry can never make a second one."""
     return f"order-{order_id}"
