@@ -39,7 +39,9 @@ def test_a_sale_of_fifty_units_to_five_hundred_buyers_confirms_exactly_fifty(sys
     assert all(view["status"] == "confirmed" for view in views.values())
     rows = order_rows(fresh_db)
     assert set(rows) == set(admitted)
-    assert product_state(fresh_db) == (0, version_before + 50)
+    stock, version = product_state(fresh_db)
+    # Every stock change bumped the version; workers may apply several orders in one change.
+    assert stock == 0 and version_before < version <= version_before + 50
 
 
 def test_when_the_gate_is_wrong_the_database_still_never_oversells(system, fresh_db, redis):
@@ -60,4 +62,6 @@ def test_when_the_gate_is_wrong_the_database_still_never_oversells(system, fresh
     assert outcomes.count(("rejected", "sold_out")) == BUYERS - 50
     rows = order_rows(fresh_db)
     assert set(rows) == set(admitted), "every 202 has exactly one row"
-    assert product_state(fresh_db) == (0, version_before + 50)
+    stock, version = product_state(fresh_db)
+    # Every stock change bumped the version; workers may apply several orders in one change.
+    assert stock == 0 and version_before < version <= version_before + 50
