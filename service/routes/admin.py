@@ -23,7 +23,7 @@ from service.errors import problem
 from service.resources import Resources
 from service.routes.products import product_view
 from service.schemas import MAX_ID, ProductView
-from service.stock_gate import publish_product
+from service.stock_gate import gate_key, publish_product
 from worker.reconcile import reconcile_product
 
 Units = Annotated[int, Meta(ge=1, le=1_000_000_000)]
@@ -139,5 +139,5 @@ class AdminController(Controller):
         await publish_product(resources.redis, product, None)
         # The gate is rebuilt from the database: stock minus orders not yet decided.
         await to_thread.run_sync(reconcile_product, resources.queue.connection, resources.engine, product_id)
-        gate = await resources.redis.get(f"fs:{{p:{product_id}}}:stock")
+        gate = await resources.redis.get(gate_key(product_id))
         return product_view(product, int(gate) if gate is not None else product.stock)
