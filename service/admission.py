@@ -16,7 +16,7 @@ from enum import IntEnum
 from db.orders import AdmittedOrder
 from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
-from service.resources import Resources
+from service.resources import Resources, redis_transport_errors
 from service.stock_gate import gate_key, sale_key
 from worker.queue import ADMITTED_KEY, job_arguments, job_key, order_job_id, pending_key
 
@@ -105,7 +105,8 @@ async def admit(
         json.dumps(job_arguments(order)),
         *resources.job_fields.for_order(order),
     ]
-    reply = await resources.scripts.admit(keys=keys, args=args)
+    with redis_transport_errors():
+        reply = await resources.scripts.admit(keys=keys, args=args)
     decision = Decision(int(reply[0]))
     verdict = None
     if plan is not None and decision not in (Decision.REPLAY, Decision.KEY_REUSED):

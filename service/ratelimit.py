@@ -155,7 +155,12 @@ class Limiter:
         try:
             async with asyncio.timeout(self._timeout):
                 reply = await self._script(keys=plan.keys, args=self.arguments(plan))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (
+            RedisError,
+            OSError,
+            TimeoutError,
+            RuntimeError,
+        ) as exc:  # RuntimeError: see redis_transport_errors
             self._record(success=False, error=exc)
             return self._count(route, self._failed(plan.policy))
         self._record(success=True)

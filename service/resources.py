@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -13,6 +13,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 from sqlalchemy import Engine
 
@@ -52,6 +53,16 @@ class Resources:
         self.sold_out = SoldOutLatch()
         self.engine = engine
         self.ready = True
+
+
+@contextmanager
+def redis_transport_errors() -> Iterator[None]:
+    """uvloop reports a write to a connection that closed under it (Redis restarting) as a
+    RuntimeError; it is the ConnectionError it looks like, so callers answer 503, not 500."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise RedisConnectionError(str(exc)) from exc
 
 
 def async_redis_client(url: str) -> aioredis.Redis:
