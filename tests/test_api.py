@@ -206,3 +206,12 @@ def test_an_idempotency_key_replays_the_first_answer(client, redis):
 def test_a_malformed_idempotency_key_is_a_400(client, key):
     response = client.post("/buy", json={}, headers={"idempotency-key": key})
     assert _assert_problem(response, 400)["type"] == "urn:flashsale:problem:invalid-idempotency-key"
+
+
+def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from service.resources import redis_transport_errors
+
+    with pytest.raises(RedisConnectionError), redis_transport_errors():
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
