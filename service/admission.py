@@ -16,7 +16,7 @@ from enum import IntEnum
 from db.orders import AdmittedOrder
 from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
-from service.resources import Resources, redis_transport_errors
+from service.resources import Resources
 from service.stock_gate import gate_key, sale_key
 from worker.queue import ADMITTED_KEY, job_arguments, job_key, order_job_id, pending_key
 
@@ -80,6 +80,7 @@ async def admit(
     """Run admit.lua once; ``plan`` holds the buckets to check in the same call (or None)."""
     order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
     order_id = str(order.order_id)
+    arguments = job_arguments(order)
     keys = [
         gate_key(product_id),
         idempotency_record_key(client, idempotency_key),
@@ -102,11 +103,10 @@ async def admit(
         PURCHASES_TTL_SECONDS,
         len(plan.keys) if plan else 0,
         *limit_args,
-        json.dumps(job_arguments(order)),
-        *resources.job_fields.for_order(order),
+        json.dumps(arguments),
+        *resources.job_fields.for_order(order, arguments),
     ]
-    with redis_transport_errors():
-        reply = await resources.scripts.admit(keys=keys, args=args)
+    reply = await resources.scripts.admit(keys=keys, args=args)
     decision = Decision(int(reply[0]))
     verdict = None
     if plan is not None and decision not in (Decision.REPLAY, Decision.KEY_REUSED):

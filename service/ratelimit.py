@@ -160,7 +160,7 @@ class Limiter:
             OSError,
             TimeoutError,
             RuntimeError,
-        ) as exc:  # RuntimeError: see redis_transport_errors
+        ) as exc:  # RuntimeError: RedisCluster's nodes cannot take our RedisConnection
             self._record(success=False, error=exc)
             return self._count(route, self._failed(plan.policy))
         self._record(success=True)

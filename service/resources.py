@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -55,19 +55,23 @@ class Resources:
         self.ready = True
 
 
-@contextmanager
-def redis_transport_errors() -> Iterator[None]:
+class RedisConnection(aioredis.Connection):
     """uvloop reports a write to a connection that closed under it (Redis restarting) as a
-    RuntimeError; it is the ConnectionError it looks like, so callers answer 503, not 500."""
-    try:
-        yield
-    except RuntimeError as exc:
-        raise RedisConnectionError(str(exc)) from exc
+    RuntimeError. Raised here as the ConnectionError it is, every caller (scripts,
+    pipelines, pub/sub, redis-py's own retries) treats it as a lost connection: a 503, not a 500.
+    """
+
+    async def send_packed_command(self, command, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"connection closed while writing: {exc}") from exc
 
 
 def async_redis_client(url: str) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        connection_class=RedisConnection,
         max_connections=REDIS_POOL_SIZE,
         timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         decode_responses=True,

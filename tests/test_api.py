@@ -208,10 +208,17 @@ def test_a_malformed_idempotency_key_is_a_400(client, key):
     assert _assert_problem(response, 400)["type"] == "urn:flashsale:problem:invalid-idempotency-key"
 
 
-def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure():
+def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure(monkeypatch):
+    import asyncio
+
+    from redis import asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from service.resources import redis_transport_errors
+    from service.resources import RedisConnection
 
-    with pytest.raises(RedisConnectionError), redis_transport_errors():
+    async def closed_under_us(self, command, check_health=True):
         raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    monkeypatch.setattr(aioredis.Connection, "send_packed_command", closed_under_us)
+    with pytest.raises(RedisConnectionError):
+        asyncio.run(RedisConnection().send_packed_command(b"PING"))

@@ -119,9 +119,10 @@ class OrderJobFields:
         ]
         self._serializer = queue.serializer
 
-    def for_order(self, order: AdmittedOrder) -> list[str | bytes]:
+    def for_order(self, order: AdmittedOrder, arguments: list) -> list[str | bytes]:
+        """The job's fields; ``arguments`` are ``job_arguments(order)``, computed once by the caller."""
         stamp = utcformat(datetime.now(UTC))
-        data = self._serializer.dumps((JOB_FUNCTION, None, job_arguments(order), {}))
+        data = self._serializer.dumps((JOB_FUNCTION, None, arguments, {}))
         per_order = {
             "data": data,
             "created_at": stamp,

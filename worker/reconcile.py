@@ -66,6 +66,11 @@ def _stocks(engine: Engine) -> dict[int, int]:
         return dict(session.exec(select(Product.id, Product.stock)).all())
 
 
+def _stock(engine: Engine, product_id: int) -> int:
+    with Session(engine) as session:
+        return session.exec(select(Product.stock).where(Product.id == product_id)).first() or 0
+
+
 def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair | None:
     """Set one gate to stock minus undecided units; None when it was right (or moved meanwhile)."""
     with redis.pipeline() as pipe:
@@ -73,7 +78,7 @@ def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair |
             pipe.watch(gate_key(product_id))
             before = pipe.get(gate_key(product_id))
             undecided = undecided_units(redis, engine)[product_id]
-            target = max(0, _stocks(engine).get(product_id, 0) - undecided)
+            target = max(0, _stock(engine, product_id) - undecided)
             if before is not None and int(before) == target:
                 return None
             pipe.multi()

@@ -17,7 +17,7 @@ from service.admission import Admission, Decision, admit
 from service.errors import problem
 from service.identity import ClientIdentity, client_identity
 from service.ratelimit import ratelimit_headers
-from service.resources import Resources, redis_transport_errors
+from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit, limited_problem
 from service.schemas import BuyAccepted, BuyRequest
 from service.stock_gate import set_gate
@@ -49,8 +49,7 @@ async def _admit_once_rebuilding_the_gate(
         raise problem(
             422, "unknown-product", f"There is no product {wanted.product_id}.", product_id=wanted.product_id
         )
-    with redis_transport_errors():
-        await set_gate(resources.redis, wanted.product_id, product.stock, only_if_missing=True)
+    await set_gate(resources.redis, wanted.product_id, product.stock, only_if_missing=True)
     admission = await admit(resources, client, plan, wanted.product_id, wanted.quantity, key)
     if admission.decision is Decision.GATE_MISSING:  # gone again at once: Redis is in trouble
         raise RedisError("stock gate missing after rebuild")

@@ -12,7 +12,7 @@ from litestar.params import FromPath
 from db.models import OrderStatus, RejectReason
 from db.orders import find_order
 from service.errors import problem
-from service.resources import Resources, redis_transport_errors
+from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import OrderView
 from worker.queue import job_key
@@ -32,8 +32,7 @@ async def get_order(
 async def _order_view(order_id: uuid.UUID, resources: Resources) -> OrderView:
     # The job is read before the row: a worker commits the row before it finishes the job,
     # so a job seen pending or gone always means the row is the answer from then on.
-    with redis_transport_errors():
-        job_state = await resources.redis.hget(job_key(str(order_id)), "status")
+    job_state = await resources.redis.hget(job_key(str(order_id)), "status")
     if job_state in PENDING_JOB_STATES:
         return OrderView(order_id=order_id, status=OrderStatus.QUEUED)
     row = await to_thread.run_sync(find_order, resources.engine, order_id)

@@ -12,7 +12,7 @@ from litestar.params import FromPath
 from db.models import Product
 from db.orders import find_product
 from service.errors import problem
-from service.resources import Resources, redis_transport_errors
+from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import ProductView
 from service.stock_gate import gate_key
@@ -26,8 +26,7 @@ async def get_product(
     product = await to_thread.run_sync(find_product, resources.engine, product_id)
     if product is None:
         raise problem(404, "unknown-product", f"There is no product {product_id}.")
-    with redis_transport_errors():
-        gate = await resources.redis.get(gate_key(product_id))
+    gate = await resources.redis.get(gate_key(product_id))
     return Response(product_view(product, product.stock if gate is None else int(gate)), headers=headers)
 
 
