@@ -23,7 +23,7 @@ from service.stock_gate import gate_key, publish_product
 from service.throwaway import restartable_postgres, restartable_redis
 from tests.support.database import order_rows, product_state
 from tests.support.load import NO_ANSWER, fire_concurrently
-from tests.support.orders import wait_all_terminal
+from tests.support.orders import rq_whereabouts, wait_all_terminal
 from tests.support.system import System
 from worker.reconcile import reconcile
 
@@ -97,7 +97,10 @@ def test_the_invariants_survive_a_chaos_sale(settings_env, tmp_path):
             # 503 while Redis restarts; a rare connection the server closed as the client reused it.
             assert set(statuses) <= {202, 409, 429, 503, NO_ANSWER}, statuses
             assert statuses[NO_ANSWER] < REQUESTS // 100, statuses
-            views = wait_all_terminal(system.url, admitted, timeout=180)
+            try:
+                views = wait_all_terminal(system.url, admitted, timeout=180)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}; RQ holds them: {rq_whereabouts(redis, admitted)}") from None
             assert all(view["status"] in ("confirmed", "rejected") for view in views.values())
         finally:
             system.stop()

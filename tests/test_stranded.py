@@ -1,8 +1,12 @@
 """An admitted order that fell out of RQ's lists is queued again, and only then."""
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
+
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
 from db.orders import AdmittedOrder, apply_order
 from service.admission import Decision, admit
@@ -69,3 +73,32 @@ def test_recent_or_decided_orders_are_not_requeued(settings, redis, fresh_db):
     apply_order(fresh_db, AdmittedOrder(uuid.UUID(order_id), 1, 1, "10.2.0.0", datetime.now(UTC)))
     assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == []
     assert redis.zcard(ADMITTED_KEY) == 0 and redis.llen("rq:queue:orders") == 0
+
+
+def test_a_dead_workers_jobs_are_recovered_while_it_still_holds_rqs_cleaning_lock(
+    settings, redis, fresh_db, worker_env
+):
+    set_gate(redis, 1, 10)
+    order_ids = _admit_orders(settings, 2)
+    queue = order_queue(redis)
+    # The dead worker had one job running (its started entry now expired) and had just popped
+    # another (in the intermediate queue, first seen over a minute ago); it died holding RQ's
+    # registry-cleaning lock, which would keep RQ's own recovery off for 899 s.
+    running, popped = (job_id.decode() for job_id in redis.lrange(queue.key, 0, -1))
+    redis.lrem(queue.key, 1, running)
+    redis.hset(Job.key_for(running), "status", JobStatus.STARTED.value)
+    redis.zadd(StartedJobRegistry(queue=queue).key, {f"{running}:dead-execution": time.time() - 1})
+    redis.lmove(queue.key, queue.intermediate_queue_key)
+    redis.set(queue.intermediate_queue.get_first_seen_key(popped), time.time() - 120)
+    redis.set(queue.registry_cleaning_key, 1, ex=899)
+
+    worker_env()
+    worker = OrderWorker([queue], connection=redis, serializer=queue.serializer)
+    worker.stranded_after_seconds = 3600  # only RQ's recovery may act here
+    worker.run_maintenance_tasks()
+    assert StartedJobRegistry(queue=queue).get_job_ids(cleanup=False) == []
+    assert queue.intermediate_queue.get_job_ids() == []
+    assert sorted(queue.get_job_ids()) == sorted([running, popped]), "both retried at once"
+
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert set(order_rows(fresh_db)) == set(order_ids)

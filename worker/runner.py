@@ -8,6 +8,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -48,15 +49,24 @@ class OrderWorker(SimpleWorker):
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
-        self._requeue_stranded()
+        self._recover_lost_jobs()
         self._reconcile_when_due()
 
-    def _requeue_stranded(self) -> None:
+    def _recover_lost_jobs(self) -> None:
+        """Retry the jobs of dead workers, then queue again admitted orders RQ lost track of.
+
+        RQ recovers abandoned jobs (started registry, intermediate queue) only under its
+        registry-cleaning lock, which lives 899 s: a worker killed while holding it would stall
+        that recovery for 15 minutes, mid-sale. We run the same recovery under our own lock,
+        which expires with the maintenance interval."""
         if self.stranded_after_seconds is None:
             return
         if not self.connection.set(STRANDED_LOCK, self.name, nx=True, ex=self.maintenance_interval):
             return  # another worker's turn
         try:
+            for queue in self.queues:
+                StartedJobRegistry(queue=queue).cleanup(exception_handlers=self._exc_handlers)
+                queue.intermediate_queue.cleanup(self, queue)
             requeue_stranded(self.connection, jobs_engine(), self.stranded_after_seconds)
         except (RedisError, SQLAlchemyError) as exc:
             self.log.warning("stranded-order sweep skipped: %s", type(exc).__name__)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import httpx
+from redis import Redis
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from service.throwaway import wait_until
+from worker.queue import ADMITTED_KEY, order_job_id, order_queue
 
 TERMINAL = {"confirmed", "rejected"}
 
 
 def wait_all_terminal(url: str, order_ids: list[str], timeout: float = 60) -> dict[str, dict]:
-    """Poll ``GET /orders/{id}`` until every order is confirmed or rejected; return the last views."""
+    """Poll ``GET /orders/{id}`` until every order is confirmed or rejected; return the last views.
+
+    On timeout the error names how many orders are still open and in which states."""
     views: dict[str, dict] = {}
     pending = set(order_ids)
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -23,5 +30,26 @@ def wait_all_terminal(url: str, order_ids: list[str], timeout: float = 60) -> di
                     pending.discard(order_id)
             return not pending
 
-        wait_until(all_terminal, timeout, f"{len(pending)} orders to reach a terminal state", interval=0.2)
+        try:
+            wait_until(all_terminal, timeout, f"{len(order_ids)} orders to reach a terminal state", 0.2)
+        except TimeoutError as exc:
+            open_states = Counter(views[order_id]["status"] for order_id in pending)
+            raise TimeoutError(f"{exc}: {len(pending)} still open {dict(open_states)}") from None
     return views
+
+
+def rq_whereabouts(redis: Redis, order_ids: list[str]) -> dict[str, int]:
+    """How many of these orders' jobs sit in each of RQ's lists and registries (for failure messages)."""
+    queue = order_queue(redis)
+    places = {
+        "queued": set(queue.get_job_ids()),
+        "intermediate": set(queue.intermediate_queue.get_job_ids()),
+        "started": set(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)),
+        "scheduled": set(ScheduledJobRegistry(queue=queue).get_job_ids(cleanup=False)),
+        "failed": set(FailedJobRegistry(queue=queue).get_job_ids(cleanup=False)),
+        "admitted": {job_id.decode() for job_id in redis.zrange(ADMITTED_KEY, 0, -1)},
+    }
+    job_ids = {order_job_id(order_id) for order_id in order_ids}
+    found = {place: len(job_ids & ids) for place, ids in places.items()}
+    found["locks"] = sorted(key.decode() for key in redis.keys("rq:*lock*"))
+    return found
