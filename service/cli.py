@@ -1,4 +1,4 @@
-"""The ``flashsale`` console script: api | worker | migrate | seed | reconcile | orders | dev."""
+"""The ``flashsale`` console script: api | worker | migrate | seed | reconcile | orders | check | dev."""
 
 from __future__ import annotations
 
@@ -105,6 +105,22 @@ def _orders_requeue(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from service import checks
+
+    if args.what == "worker":
+        max_silence = args.max_silence or checks.worker_max_silence(settings)
+        problem = checks.check_worker(settings.worker_heartbeat_file, max_silence)
+    else:
+        url = (args.url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+        problem = checks.check_ready(url) if args.what == "ready" else checks.check_demo(url)
+    if problem:
+        print(f"flashsale check {args.what}: {problem}", file=sys.stderr)
+        return 1
+    print(f"flashsale check {args.what}: ok")
+    return 0
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from service.dev import run_dev
 
@@ -151,6 +167,16 @@ def _parser() -> argparse.ArgumentParser:
     requeue.add_argument("order_ids", nargs="*", help="order ids to requeue")
     requeue.add_argument("--all", action="store_true", help="requeue every failed order job")
     requeue.set_defaults(run=_orders_requeue)
+
+    check = commands.add_parser("check", help="probes and smoke tests: ready | demo | worker")
+    check.add_argument(
+        "what",
+        choices=["ready", "demo", "worker"],
+        help="ready: /readyz is 200; demo: 10 buys give 202s then 429s; worker: recent heartbeat",
+    )
+    check.add_argument("--url", help="API base URL (default http://127.0.0.1:FLASHSALE_PORT)")
+    check.add_argument("--max-silence", type=float, help="worker: seconds without a heartbeat that fail")
+    check.set_defaults(run=_check)
 
     dev = commands.add_parser("dev", help="run everything on this machine (what `make run` runs)")
     dev.add_argument("--port", type=int, help="API port (default FLASHSALE_PORT or 8000)")

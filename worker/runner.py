@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -46,6 +47,14 @@ class OrderWorker(SimpleWorker):
 
     stranded_after_seconds: float | None = None
     """Admitted orders older than this and in no RQ list are queued again; None: never."""
+
+    heartbeat_file: Path | None = None
+    """Touched on every turn of the loop, before Redis is asked: liveness, not readiness."""
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        if self.heartbeat_file is not None:
+            self.heartbeat_file.touch()
+        super().heartbeat(timeout, pipeline)
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
@@ -103,6 +112,7 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
         serializer=JSONSerializer,
         maintenance_interval=settings.worker_maintenance_interval,
     )
+    worker.heartbeat_file = settings.worker_heartbeat_file
     worker.reconcile_every(settings.reconcile_interval_seconds)
     # Long after any job still moving through RQ's own lists (or its abandoned-job recovery).
     worker.stranded_after_seconds = (

@@ -1,0 +1,59 @@
+"""``flashsale check``: the worker's liveness probe and the ``helm test`` smoke checks."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from service.throwaway import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_ready_and_demo_pass_against_a_live_api_and_fail_otherwise(system):
+    system.start_apis(1)
+    system.start_workers(1)
+    assert _check(system.env, "ready", "--url", system.url).returncode == 0
+    first = _check(system.env, "demo", "--url", system.url)
+    assert first.returncode == 0, first.stderr
+    # The same client at once again: its bucket is empty, so no 202 at all.
+    again = _check(system.env, "demo", "--url", system.url)
+    assert again.returncode == 1 and "expected 202s then 429s" in again.stderr
+    nobody = _check(system.env, "ready", "--url", f"http://127.0.0.1:{free_port()}")
+    assert nobody.returncode == 1 and "unreachable" in nobody.stderr
+
+
+def test_worker_check_follows_the_workers_heartbeat(system, tmp_path):
+    heartbeat = tmp_path / "heartbeat"
+    system.env["FLASHSALE_WORKER_HEARTBEAT_FILE"] = str(heartbeat)
+    assert "no heartbeat yet" in _check(system.env, "worker").stderr
+    system.start_workers(1)
+    wait_until(heartbeat.exists, 30, "the worker's first heartbeat")
+    assert _check(system.env, "worker", "--max-silence", "3").returncode == 0
+
+    worker = system.workers[0]
+    os.killpg(worker.pid, signal.SIGSTOP)  # hung: alive, but its loop no longer turns
+    try:
+        wait_until(
+            lambda: _check(system.env, "worker", "--max-silence", "3").returncode == 1, 30, "a stale beat"
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+    wait_until(lambda: _check(system.env, "worker", "--max-silence", "3").returncode == 0, 30, "a fresh beat")
+
+
+def test_worker_check_without_a_heartbeat_file_says_so(settings_env):
+    result = _check(settings_env, "worker")
+    assert result.returncode == 1 and "FLASHSALE_WORKER_HEARTBEAT_FILE is not set" in result.stderr
