@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# checkov scans the rendered chart; it pins packages ours need newer, so it lives apart.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run test lint format bench e2e clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +20,18 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip check
 	@touch $@
 
-install: $(INSTALLED) ## create .venv with flashsale and its test tools
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2,<4'
+	@touch $@
+
+install: $(INSTALLED) $(CHECKOV) ## create .venv with flashsale and its test tools (and .venv-checkov)
 
 run: $(INSTALLED) ## the whole system on this machine: API on :8000 and a worker (Ctrl-C stops it)
 	$(BIN)/flashsale dev
 
-test: $(INSTALLED) lint ## lint, then the whole test suite on real Redis and PostgreSQL
+test: $(INSTALLED) $(CHECKOV) lint ## lint, then every test: unit, integration, chart, e2e (local mode)
 	$(BIN)/pytest
 
 lint: $(INSTALLED) ## ruff: lint and formatting
@@ -38,5 +47,8 @@ bench: $(INSTALLED) ## measure /buy under load and the limiter (needs wrk); prin
 	$(BIN)/python -m bench.limiter
 	$(BIN)/python -m bench.workers
 
-clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+e2e: $(INSTALLED) ## the e2e suite against a kind cluster with the chart installed (see k8s/)
+	E2E_TARGET=kind $(BIN)/pytest e2e
+
+clean: ## remove the virtualenvs and caches
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache .hypothesis

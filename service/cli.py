@@ -24,7 +24,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=False,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
     return 0
 
@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the HTTP API (uvicorn, one process)")
     api.add_argument("--host", help="listen address (default FLASHSALE_HOST or 0.0.0.0)")
     api.add_argument("--port", type=int, help="listen port (default FLASHSALE_PORT or 8000)")
+    api.add_argument(
+        "--shutdown-timeout",
+        type=_non_negative,
+        default=10,
+        help="seconds in-flight requests may take to finish after SIGTERM (default 10)",
+    )
     api.set_defaults(run=_api)
 
     worker = commands.add_parser("worker", help="apply queued orders to PostgreSQL (RQ worker)")

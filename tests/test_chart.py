@@ -1,0 +1,300 @@
+"""The Helm chart, rendered by Helm's engine for every values file in ``charts/flashsale/ci``
+(and the kind values), checked against Kubernetes' schemas and for what matters on sale day."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+from cloudcoil.models.keda.v1alpha1 import ScaledObject
+from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+
+from service.settings import REPO_ROOT, settings_from_env
+from tests.support.chart import CI_VALUES, lint, objects, render, validate_values, values_of
+
+VALUE_FILES = [*CI_VALUES, REPO_ROOT / "k8s" / "values-kind.yaml"]
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]  # Chart.yaml's kubeVersion floor, and the newest schemas
+CRD_MODELS = {"ScaledObject": ScaledObject, "ServiceMonitor": ServiceMonitor}
+
+
+def _by_kind(rendered: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in rendered if o["kind"] == kind}
+
+
+def _pod_specs(rendered: list[dict]) -> dict[str, dict]:
+    """Every pod spec the chart makes, by object name: workloads, hook Jobs, test Pods."""
+    specs = {}
+    for o in rendered:
+        if o["kind"] in ("Deployment", "StatefulSet", "Job"):
+            specs[o["metadata"]["name"]] = o["spec"]["template"]["spec"]
+        elif o["kind"] == "Pod":
+            specs[o["metadata"]["name"]] = o["spec"]
+    return specs
+
+
+def _container(rendered: list[dict], deployment: str) -> dict:
+    return _by_kind(rendered, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.fixture(scope="module", params=VALUE_FILES, ids=lambda path: path.name)
+def values_file(request) -> Path:
+    return request.param
+
+
+def test_each_values_file_passes_the_schema_and_strict_lint(values_file):
+    values = values_of(values_file)
+    validate_values(values)
+    report = lint(values)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [], report["messages"]
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_rendered_object_is_valid_kubernetes(values_file, kube_version):
+    for manifest in objects(values_of(values_file)):
+        if manifest["kind"] in CRD_MODELS:
+            model = CRD_MODELS[manifest["kind"]].model_validate(manifest)
+            # The models ignore unknown fields: a field lost on the round trip was misspelled.
+            assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == manifest
+        else:
+            kubernetes_validate.validate(manifest, kube_version, strict=True)
+
+
+def test_probes_point_where_they_should_and_grace_outlasts_shutdown():
+    rendered = objects({})
+    api = _container(rendered, "flashsale-api")
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert api["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    pre_stop = api["lifecycle"]["preStop"]["sleep"]["seconds"]
+    shutdown = int(api["args"][api["args"].index("--shutdown-timeout") + 1])
+    api_pod = _by_kind(rendered, "Deployment")["flashsale-api"]["spec"]["template"]["spec"]
+    assert api_pod["terminationGracePeriodSeconds"] > pre_stop + shutdown
+
+    worker = _container(rendered, "flashsale-worker")
+    assert worker["args"] == ["flashsale", "worker"]
+    assert worker["livenessProbe"]["exec"]["command"] == ["flashsale", "check", "worker"]
+    assert "readinessProbe" not in worker
+    worker_pod = _by_kind(rendered, "Deployment")["flashsale-worker"]["spec"]["template"]["spec"]
+    job_timeout = int(_by_kind(rendered, "ConfigMap")["flashsale"]["data"]["FLASHSALE_JOB_TIMEOUT_SECONDS"])
+    assert worker_pod["terminationGracePeriodSeconds"] > job_timeout, "warm shutdown finishes the job"
+
+
+@pytest.mark.parametrize(
+    ("mode", "scaled_object", "worker_hpa", "fixed_replicas"),
+    [("keda", True, False, False), ("external", False, True, False), ("none", False, False, True)],
+)
+def test_worker_autoscaling_renders_one_autoscaler_at_most(mode, scaled_object, worker_hpa, fixed_replicas):
+    rendered = objects({"worker": {"autoscaling": {"mode": mode}}})
+    assert ("flashsale-worker" in _by_kind(rendered, "ScaledObject")) is scaled_object
+    assert ("flashsale-worker" in _by_kind(rendered, "HorizontalPodAutoscaler")) is worker_hpa
+    assert ("replicas" in _by_kind(rendered, "Deployment")["flashsale-worker"]["spec"]) is fixed_replicas
+
+
+def test_keda_scales_on_the_rq_queue_and_the_external_hpa_on_its_depth():
+    keda = _by_kind(objects({}), "ScaledObject")["flashsale-worker"]["spec"]
+    (trigger,) = keda["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == "rq:queue:orders"
+    assert trigger["metadata"]["address"] == "flashsale-redis:6379"
+    assert keda["scaleTargetRef"] == {"name": "flashsale-worker"}
+
+    external = objects({"worker": {"autoscaling": {"mode": "external"}}})
+    (metric,) = _by_kind(external, "HorizontalPodAutoscaler")["flashsale-worker"]["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"]["name"] == "flashsale_queue_depth"
+
+
+def test_the_api_hpa_and_pdb_follow_their_values():
+    rendered = objects({})
+    assert "replicas" not in _by_kind(rendered, "Deployment")["flashsale-api"]["spec"]
+    assert "flashsale-api" in _by_kind(rendered, "PodDisruptionBudget")
+    single = objects({"api": {"autoscaling": {"enabled": False}, "replicaCount": 1}})
+    assert _by_kind(single, "Deployment")["flashsale-api"]["spec"]["replicas"] == 1
+    assert "flashsale-api" not in _by_kind(single, "HorizontalPodAutoscaler")
+    assert "flashsale-api" not in _by_kind(single, "PodDisruptionBudget"), "a PDB on one pod blocks drains"
+
+
+def test_migrations_run_after_install_and_before_upgrade_and_seed_only_when_asked():
+    jobs = _by_kind(objects({}), "Job")
+    assert set(jobs) == {"flashsale-migrate"}
+    migrate = jobs["flashsale-migrate"]
+    annotations = migrate["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,pre-upgrade", (
+        "pre-install could not reach the chart's DB"
+    )
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert migrate["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["flashsale", "migrate"]
+
+    seeded = _by_kind(objects({"hooks": {"seed": {"enabled": True, "stock": 250}}}), "Job")["flashsale-seed"]
+    assert seeded["metadata"]["annotations"]["helm.sh/hook"] == "post-install", (
+        "an upgrade must not reset stock"
+    )
+    assert int(seeded["metadata"]["annotations"]["helm.sh/hook-weight"]) > int(
+        annotations["helm.sh/hook-weight"]
+    )
+    assert seeded["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "flashsale",
+        "seed",
+        "--stock",
+        "250",
+    ]
+
+
+def test_the_configuration_is_one_flashsale_accepts(values_file):
+    rendered = objects(values_of(values_file))
+    env = dict(_by_kind(rendered, "ConfigMap")["flashsale"]["data"])
+    env |= {"FLASHSALE_REDIS_URL": "redis://r:6379/0", "FLASHSALE_DATABASE_URL": "postgresql://d/db"}
+    settings = settings_from_env(env)  # raises, naming the variable, on anything we would refuse
+    assert str(settings.worker_heartbeat_file).startswith("/tmp/"), "the only writable path"
+
+
+def test_urls_come_from_secrets_and_the_ingress_proxies_are_trusted():
+    rendered = objects(values_of(REPO_ROOT / "charts/flashsale/ci/production-like-values.yaml"))
+    env = {e["name"]: e for e in _container(rendered, "flashsale-api")["env"]}
+    assert env["FLASHSALE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "flashsale-db",
+        "key": "database-url",
+    }
+    assert env["FLASHSALE_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "flashsale-urls"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+    assert _by_kind(rendered, "ConfigMap")["flashsale"]["data"]["FLASHSALE_TRUSTED_PROXIES"] == "10.42.0.0/16"
+    assert "value" not in env["FLASHSALE_REDIS_URL"], "no URL (or password) in plain env"
+
+    managed = objects(values_of(REPO_ROOT / "charts/flashsale/ci/external-services-values.yaml"))
+    env = {e["name"]: e for e in _container(managed, "flashsale-worker")["env"]}
+    assert env["FLASHSALE_LIMITER_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "flashsale-managed"
+    assert env["FLASHSALE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "flashsale-admin"
+    assert not _by_kind(managed, "StatefulSet"), "no in-chart Redis or PostgreSQL"
+    assert _by_kind(managed, "ConfigMap")["flashsale"]["data"]["FLASHSALE_LIMITER_REDIS_CLUSTER"] == "true"
+
+
+def test_the_collector_receives_the_pods_traces_when_enabled():
+    rendered = objects({"otel": {"collector": {"enabled": True}}})
+    env = {e["name"]: e.get("value") for e in _container(rendered, "flashsale-worker")["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://flashsale-otel-collector:4318"
+    assert env["OTEL_SERVICE_NAME"] == "flashsale-worker"
+    assert "flashsale-otel-collector" in _by_kind(rendered, "Service")
+    assert objects({})[0] and "OTEL_EXPORTER_OTLP_ENDPOINT" not in {
+        e["name"] for e in _container(objects({}), "flashsale-api")["env"]
+    }
+
+
+def test_every_container_is_locked_down_and_pinned(values_file):
+    for name, spec in _pod_specs(objects(values_of(values_file))).items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            image, _, tag = container["image"].rpartition(":")
+            assert image and tag and tag != "latest" and "/" not in tag, container["image"]
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+
+
+def test_pods_roll_when_the_configuration_changes():
+    def checksum(values):
+        pod = _by_kind(objects(values), "Deployment")["flashsale-api"]["spec"]["template"]
+        return pod["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum({}) == checksum({})
+    assert checksum({}) != checksum({"config": {"rateCapacity": 10}})
+
+
+def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its_stores():
+    rendered = objects(values_of(REPO_ROOT / "charts/flashsale/ci/production-like-values.yaml"))
+    policies = _by_kind(rendered, "NetworkPolicy")
+    (rule,) = policies["flashsale-api"]["spec"]["ingress"]
+    ingress_peer, test_peer = rule["from"]
+    assert ingress_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "traefik"}}
+    assert test_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
+    assert policies["flashsale-egress"]["spec"]["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+
+    in_chart = _by_kind(objects({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    redis_from = in_chart["flashsale-redis"]["spec"]["ingress"][0]["from"]
+    assert redis_from[0]["podSelector"]["matchExpressions"][0]["values"] == [
+        "api",
+        "worker",
+        "migrate",
+        "seed",
+    ]
+    assert redis_from[1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    assert "flashsale-postgresql" in in_chart
+    assert not _by_kind(objects({}), "NetworkPolicy"), "off unless asked"
+
+
+def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
+    def tests_of(values):
+        pods = _by_kind(objects(values), "Pod")
+        assert all(p["metadata"]["annotations"]["helm.sh/hook"] == "test" for p in pods.values())
+        return {name: pod["spec"]["containers"][0]["args"] for name, pod in pods.items()}
+
+    url = "http://flashsale-api:80"
+    assert tests_of({}) == {"flashsale-test-ready": ["flashsale", "check", "ready", "--url", url]}
+    demo = tests_of({"tests": {"demo": True}, "hooks": {"seed": {"enabled": True}}})
+    assert demo["flashsale-test-demo"] == ["flashsale", "check", "demo", "--url", url]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"image": {"tag": "latest"}},
+        {"worker": {"autoscaling": {"mode": "both"}}},
+        {"ingress": {"enabled": True}},  # without trustedProxies every buyer shares one limit
+        {"redis": {"enabled": False}},  # and no URL for the external one
+        {"postgresql": {"enabled": False, "external": {"url": "mysql://db/x"}}},
+        {"redis": {"enabled": False, "external": {"url": "redis://r:6379/0"}}},  # KEDA needs an address
+        {"tests": {"demo": True}},  # the demo buys a product only the seed makes
+        {"api": {"replicaCount": 0}},
+        {"api": {"trustedProxies": ["everyone"]}},
+        {"config": {"logLevel": "LOUD"}},
+        {"config": {"extraEnv": {"lower-case": "x"}}},
+        {"replicaCount": 3},  # a misplaced key is an error, not silently ignored
+    ],
+    ids=str,
+)
+def test_the_schema_rejects_bad_values(bad):
+    with pytest.raises(Exception, match="flashsale"):
+        validate_values(bad)
+
+
+# Policy checks we do not follow, and why.
+CHECKOV_SKIPS = {
+    "CKV_K8S_43": "images are pinned by tag; a digest can be given in image.tag",
+    "CKV_K8S_15": "IfNotPresent with pinned tags; Always only adds registry load at scale-out",
+    "CKV_K8S_35": "flashsale reads its URLs from the environment (12-factor), from secretKeyRef",
+    "CKV_K8S_9": "workers, hook Jobs and test Pods serve no traffic: no readiness to report",
+    "CKV_K8S_8": "hook Jobs and test Pods run to completion: nothing to keep alive",
+    "CKV_K8S_40": "the official Redis and PostgreSQL images run as their own users (999, 70)",
+}
+CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
+
+
+def test_a_policy_scan_of_the_rendered_manifests_passes(tmp_path):
+    """checkov (in its own virtualenv: it pins packages ours need newer) over every values file."""
+    assert CHECKOV.exists(), "run `make install` (it builds .venv-checkov)"
+    for values_file in VALUE_FILES:
+        rendered = render(values_of(values_file))
+        manifests = [text for path, text in sorted(rendered.items()) if path.endswith(".yaml")]
+        (tmp_path / values_file.name).write_text("\n---\n".join(manifests))
+    scan = [
+        CHECKOV,
+        "-d",
+        str(tmp_path),
+        "--framework",
+        "kubernetes",
+        "--skip-download",
+        "--compact",
+        "--quiet",
+    ]
+    result = subprocess.run(
+        [*scan, "--skip-check", ",".join(CHECKOV_SKIPS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
