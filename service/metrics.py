@@ -14,3 +14,19 @@ LIMITER_DEGRADED = Gauge(
     "flashsale_limiter_degraded",
     "1 while the limiter's circuit breaker is open or probing (Redis failing), else 0.",
 )
+QUEUE_WAITING = Gauge(
+    "flashsale_queue_depth",
+    "Order jobs waiting in RQ's queue, sampled from Redis by each API pod.",
+    ["queue"],
+)
+QUEUE_RUNNING = Gauge(
+    "flashsale_queue_in_flight",
+    "Order jobs that workers are running now (RQ's started registry, live entries only).",
+    ["queue"],
+)
+QUEUE_BACKLOG = Gauge(
+    "flashsale_queue_backlog",
+    "Waiting plus running order jobs: the External metric worker autoscaling follows, so "
+    "workers busy with taken jobs are not scaled in.",
+    ["queue"],
+)

@@ -15,10 +15,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
+from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine
 
 from db.session import make_engine
 from service.lua import Scripts, load_scripts
+from service.queue_gauges import sample_queue
 from service.queue_redis import check_no_eviction_async
 from service.ratelimit import Limiter
 from service.settings import Settings
@@ -127,11 +129,18 @@ def resources_lifespan(settings: Settings):
         resources = open_resources(settings)
         app.state.resources = resources
         await check_no_eviction_async(resources.redis)
-        follower = asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out))
+        queue = resources.queue
+        tasks = [
+            asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out)),
+            asyncio.create_task(
+                sample_queue(resources.redis, queue.name, queue.key, StartedJobRegistry(queue=queue).key)
+            ),
+        ]
         try:
             yield
         finally:
-            follower.cancel()
+            for task in tasks:
+                task.cancel()
             # Stop answering ready first, so a load balancer drains us before clients go.
             resources.ready = False
             await close_resources(resources)

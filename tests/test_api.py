@@ -1,5 +1,6 @@
 """The HTTP API in-process (Litestar's TestClient) on the real Redis and PostgreSQL."""
 
+import time
 import uuid
 
 import pytest
@@ -7,6 +8,7 @@ from litestar.testing import TestClient
 
 from service.app import create_app
 from service.stock_gate import gate_key
+from service.throwaway import wait_until
 
 PROBLEM = "application/problem+json"
 
@@ -222,3 +224,24 @@ def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure(monkeypatch)
     monkeypatch.setattr(aioredis.Connection, "send_packed_command", closed_under_us)
     with pytest.raises(RedisConnectionError):
         asyncio.run(RedisConnection().send_packed_command(b"PING"))
+
+
+def test_metrics_show_the_queue_depth_worker_autoscaling_follows(client, redis):
+    """No worker runs here: the three admitted orders wait; two live started entries (and
+    one a dead worker left behind, expired) make the in-flight count."""
+    for _ in range(3):
+        assert client.post("/buy", json={}).status_code == 202
+    now = time.time()
+    redis.zadd("rq:wip:orders", {"a:1": now + 60, "b:1": now + 60, "dead:1": now - 1})
+
+    def gauges() -> dict[str, float]:
+        body = client.get("/metrics").text
+        return {
+            name: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            for name in ("flashsale_queue_depth", "flashsale_queue_in_flight", "flashsale_queue_backlog")
+            if line.startswith(f'{name}{{queue="orders"}}')
+        }
+
+    expected = {"flashsale_queue_depth": 3, "flashsale_queue_in_flight": 2, "flashsale_queue_backlog": 5}
+    wait_until(lambda: gauges() == expected, 10, f"queue gauges {expected}")

@@ -104,7 +104,7 @@ def test_keda_scales_on_the_rq_queue_and_the_external_hpa_on_its_depth():
     external = objects({"worker": {"autoscaling": {"mode": "external"}}})
     (metric,) = _by_kind(external, "HorizontalPodAutoscaler")["flashsale-worker"]["spec"]["metrics"]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"]["name"] == "flashsale_queue_depth"
+    assert metric["external"]["metric"]["name"] == "flashsale_queue_backlog"
 
 
 def test_the_api_hpa_and_pdb_follow_their_values():
