@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
+import logging
+import multiprocessing
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 import httpx
 import uvicorn
 
-from service.throwaway import free_port, wait_until
+from service.throwaway import free_port, port_open, wait_until
+
+log = logging.getLogger("e2e.proxy")
 
 HOP_BY_HOP = {
     b"connection",
@@ -41,8 +46,6 @@ class RoundRobin:
         self.backends = list(backends)
         self._turn = itertools.count()
         self._client: httpx.AsyncClient | None = None
-        self.connect_retries = 0
-        """Requests moved to another replica because one refused the connection."""
 
     def _http(self) -> httpx.AsyncClient:
         # Created on the serving loop: an httpx client belongs to the loop that first uses it.
@@ -67,15 +70,15 @@ class RoundRobin:
         if scope["query_string"]:
             path += "?" + scope["query_string"].decode("latin-1")
 
-        backends = self.backends
+        backends, http = self.backends, self._http()
         first = next(self._turn)
         for attempt in range(len(backends)):
             backend = backends[(first + attempt) % len(backends)]
-            request = self._http().build_request(scope["method"], backend + path, headers=headers, content=body)
+            request = http.build_request(scope["method"], backend + path, headers=headers, content=body)
             try:
-                upstream = await self._http().send(request)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                self.connect_retries += 1
+                upstream = await http.send(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.warning("%s %s: %s, trying the next replica", scope["method"], backend, exc)
                 continue  # nothing was sent: the next replica may take it
             except httpx.TransportError:
                 break  # sent, maybe processed: never replayed
@@ -112,42 +115,68 @@ async def _answer(send, status: int, headers, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class Proxy:
-    """The proxy served by uvicorn on a free loopback port, in a thread of the test process."""
+def _serve(port: int, backends: list[str], updates: Connection, log_path: str) -> None:
+    """The proxy process: uvicorn on ``port``; new backend lists arrive on ``updates``."""
+    logging.basicConfig(filename=log_path, level=logging.WARNING, format="%(asctime)s %(message)s")
+    app = RoundRobin(backends)
 
-    def __init__(self, backends: list[str]) -> None:
-        self.app = RoundRobin(backends)
+    def take_update() -> None:
+        try:
+            app.backends = updates.recv()  # one assignment: a request sees the old list or the new
+        except EOFError:  # the test process is gone: so are we
+            asyncio.get_running_loop().remove_reader(updates.fileno())
+            server.should_exit = True
+
+    async def serve() -> None:
+        asyncio.get_running_loop().add_reader(updates.fileno(), take_update)
+        await server.serve()
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on", backlog=4096
+    )
+    server = uvicorn.Server(config)
+    asyncio.run(serve())
+
+
+class Proxy:
+    """The proxy in a process of its own (beside the load generator it must not share a core
+    with), on a free loopback port."""
+
+    def __init__(self, backends: list[str], log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            backlog=4096,
+        self._backends = list(backends)
+        self._updates, self._child_end = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_serve,
+            args=(self.port, self._backends, self._child_end, str(log_dir / "proxy.log")),
+            name="e2e-proxy",
+            daemon=True,
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._serve, name="e2e-proxy", daemon=True)
-
-    def _serve(self) -> None:
-        asyncio.run(self._server.serve())
 
     @property
     def backends(self) -> list[str]:
-        return self.app.backends
+        return list(self._backends)
 
     @backends.setter
     def backends(self, urls: list[str]) -> None:
-        self.app.backends = list(urls)  # one assignment: a request sees the old list or the new
+        self._backends = list(urls)
+        self._updates.send(self._backends)
 
     def start(self) -> None:
-        self._thread.start()
-        wait_until(lambda: self._server.started or not self._thread.is_alive(), 10, "proxy")
-        if not self._server.started:
-            raise RuntimeError("the e2e proxy did not start")
+        self._process.start()
+        self._child_end.close()  # the child's copy alone: it reads EOF if the test process dies
+        wait_until(
+            lambda: port_open("127.0.0.1", self.port) or not self._process.is_alive(), 30, "the e2e proxy"
+        )
+        if not self._process.is_alive():
+            raise RuntimeError(f"the e2e proxy exited with {self._process.exitcode}")
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(15)
+        if self._process.is_alive():
+            self._process.terminate()  # SIGTERM: uvicorn finishes what it is answering
+            self._process.join(15)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._updates.close()
