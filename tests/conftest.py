@@ -20,7 +20,7 @@ from db.seed import seed
 from db.session import make_engine
 from service.settings import Settings, get_settings, settings_from_env
 from service.throwaway import postgres_server, redis_server
-from tests.support.system import System
+from tests.support.system import System, process_env
 
 POSTGRES_URL = os.environ.get(
     "FLASHSALE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -92,17 +92,8 @@ def fresh_db(engine: Engine, redis: Redis) -> Engine:
 
 @pytest.fixture
 def settings_env(redis_url: str, database_url: str) -> dict[str, str]:
-    """Environment for flashsale processes under test: our servers, fast failure detection."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
-    env.update(
-        FLASHSALE_REDIS_URL=redis_url,
-        FLASHSALE_DATABASE_URL=database_url,
-        FLASHSALE_TRUSTED_PROXIES="127.0.0.1/32",
-        FLASHSALE_LOG_LEVEL="WARNING",
-        FLASHSALE_JOB_TIMEOUT_SECONDS="3",
-        FLASHSALE_WORKER_MAINTENANCE_INTERVAL="1",
-    )
-    return env
+    """Environment for flashsale processes under test (see ``process_env``)."""
+    return process_env(redis_url, database_url)
 
 
 @pytest.fixture

@@ -102,3 +102,14 @@ def test_a_dead_workers_jobs_are_recovered_while_it_still_holds_rqs_cleaning_loc
 
     OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
     assert set(order_rows(fresh_db)) == set(order_ids)
+
+
+def test_a_job_popped_by_a_worker_that_died_before_starting_it_is_queued_again(settings, redis, fresh_db):
+    set_gate(redis, 1, 10)
+    _admit_orders(settings, 1)
+    queue = order_queue(redis)
+    popped = redis.lmove(queue.key, queue.intermediate_queue_key).decode()
+
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=60) == [], "too recent to call stranded"
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == [popped]
+    assert queue.get_job_ids() == [popped] and queue.intermediate_queue.get_job_ids() == []

@@ -3,8 +3,9 @@
 Every admitted order's job id is in ``fs:admitted`` (written by admit.lua in the same step
 as the job) until its job decides it. RQ moves a job id between lists as it works (queue →
 intermediate → started, scheduled for a retry); a worker killed at the wrong moment, or a
-Redis restart under a blocking pop, can leave a job in none of them. This sweep finds ids
-admitted long enough ago, not decided in PostgreSQL and in no RQ list, and queues them again.
+Redis restart under a blocking pop, can leave a job in none of them, or in the intermediate
+list of a worker that died. This sweep finds ids admitted long enough ago, not decided in
+PostgreSQL and not waiting, running or scheduled, and queues them again.
 Jobs are idempotent, so queueing one twice applies it once.
 """
 
@@ -44,9 +45,12 @@ def requeue_stranded(redis: Redis, engine: Engine, older_than_seconds: float) ->
     if decided:  # their jobs decided them but could not say so: forget them
         redis.zrem(ADMITTED_KEY, *decided)
     queue = order_queue(redis)
-    in_rq_hands = set(queue.get_job_ids()) | set(queue.intermediate_queue.get_job_ids())
+    in_rq_hands = set(queue.get_job_ids())
     in_rq_hands |= set(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False))
     in_rq_hands |= set(ScheduledJobRegistry(queue=queue).get_job_ids(cleanup=False))
+    # A live worker holds a popped job there for milliseconds before it starts it; an overdue
+    # one was popped by a worker that died (RQ itself would wait another minute).
+    popped = set(queue.intermediate_queue.get_job_ids()) - in_rq_hands
     requeued = []
     for job_id in overdue:
         if job_id in decided or job_id in in_rq_hands:
@@ -55,6 +59,8 @@ def requeue_stranded(redis: Redis, engine: Engine, older_than_seconds: float) ->
             log.error("admitted order's job is gone; cannot requeue", extra={"job_id": job_id})
             continue
         with redis.pipeline() as pipe:
+            if job_id in popped:
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
             pipe.hset(Job.key_for(job_id), "status", JobStatus.QUEUED.value)
             pipe.rpush(queue.key, job_id)
             pipe.execute()

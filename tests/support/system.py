@@ -20,6 +20,22 @@ from worker.queue import order_queue
 START_TIMEOUT_SECONDS = 30
 
 
+def process_env(redis_url: str, database_url: str) -> dict[str, str]:
+    """Environment for flashsale processes under test: our servers, loopback trusted as the
+    proxy (tests and the e2e proxy set X-Forwarded-For), fast failure detection (a killed
+    worker's jobs are retried after 3 + 5 s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    env.update(
+        FLASHSALE_REDIS_URL=redis_url,
+        FLASHSALE_DATABASE_URL=database_url,
+        FLASHSALE_TRUSTED_PROXIES="127.0.0.1/32",
+        FLASHSALE_LOG_LEVEL="WARNING",
+        FLASHSALE_JOB_TIMEOUT_SECONDS="3",
+        FLASHSALE_WORKER_MAINTENANCE_INTERVAL="1",
+    )
+    return env
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
@@ -95,6 +111,22 @@ class System:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+    def retire_worker(self, index: int) -> subprocess.Popen:
+        """SIGTERM a worker's main process, as the kubelet does to a pod scaled in (RQ's warm
+        shutdown); the caller waits for it. Its name is never reused."""
+        process = self.workers.pop(index)
+        self._retired.append(process)
+        process.send_signal(signal.SIGTERM)
+        return process
+
+    def kill_api(self, index: int) -> str:
+        """SIGKILL an API process, as when its pod dies; returns its URL."""
+        process, url = self.apis.pop(index)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        return url
 
     def logs(self) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))

@@ -1,0 +1,94 @@
+"""The local target: private Redis and PostgreSQL, three API processes behind our round-robin
+proxy, and worker processes sized by a local stand-in for KEDA."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+
+from redis import Redis
+
+from db.migrate import migrate
+from db.seed import seed
+from db.session import make_engine
+from e2e.local_autoscaler import Autoscaler, Scaling
+from e2e.proxy import Proxy
+from e2e.targets import Target, Timeouts
+from service.throwaway import postgres_server, redis_server
+from tests.support.system import System, process_env
+
+API_REPLICAS = 3
+
+
+class LocalTarget(Target):
+    timeouts = Timeouts(settle=90, scale_up=60, scale_down=60)
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _start(self) -> None:
+        stack = self._stack
+        redis_url = stack.enter_context(redis_server())
+        database_url = stack.enter_context(postgres_server())
+        migrate(database_url)
+        self._engine = make_engine(database_url, pool_size=1)
+        stack.callback(self._engine.dispose)
+        self._redis = Redis.from_url(redis_url)
+        stack.callback(self._redis.close)
+        seed(self._engine, self._redis)
+
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flashsale-e2e-")))
+        self.processes = System(env=process_env(redis_url, database_url), log_dir=log_dir)
+        stack.callback(self.processes.stop)  # after the autoscaler and proxy (callbacks run LIFO)
+        self.scaling = Scaling()
+        self._lock = threading.Lock()
+        self.processes.start_apis(API_REPLICAS)
+        self.processes.start_workers(self.scaling.min_replicas)
+
+        self.proxy = Proxy(self.processes.urls, log_dir)
+        self.proxy.start()
+        stack.callback(self.proxy.stop)
+        self.base_url = self.proxy.url
+        self.autoscaler = Autoscaler(self.processes, redis_url, self.scaling, self._lock)
+        self.autoscaler.start()
+        stack.callback(self.autoscaler.stop)
+
+    def api_replicas(self) -> int:
+        return sum(process.poll() is None for process, _ in self.processes.apis)
+
+    def worker_replicas(self) -> int:
+        with self._lock:
+            return sum(process.poll() is None for process in self.processes.workers)
+
+    def worker_bounds(self) -> tuple[int, int]:
+        return self.scaling.min_replicas, self.scaling.max_replicas
+
+    def seed(self, stock: int) -> None:
+        seed(self._engine, self._redis, stock=stock)
+
+    def kill_api_pod(self) -> None:
+        self.processes.kill_api(0)
+        # Until the replacement is ready the proxy keeps the dead address, as an ingress keeps
+        # an endpoint until the endpoints controller drops it: it must route around it.
+        self.processes.start_apis(1)
+        self.proxy.backends = self.processes.urls
+
+    def kill_worker_pod(self) -> None:
+        with self._lock:
+            self.processes.kill_worker(0)
+            self.processes.start_workers(1)
+
+    def diagnostics(self) -> str:
+        scaling = "\n".join(self.autoscaler.events[-40:])
+        longest = f"longest queue {self.autoscaler.longest}"
+        return f"scaling {self.scaling}, {longest}\n{scaling}\n{self.processes.logs()}"
+
+    def close(self) -> None:
+        self._stack.close()
