@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from service.errors import EXCEPTION_HANDLERS, problem_details_plugin
@@ -19,6 +20,7 @@ from service.routes.health import healthz, readyz
 from service.routes.orders import get_order
 from service.routes.products import get_product
 from service.settings import Settings, get_settings
+from service.tracing import configure_tracing
 
 MAX_BODY_BYTES = 16 * 1024
 """A /buy body is a few dozen bytes; anything near this is not a purchase."""
@@ -35,19 +37,31 @@ def _cors(settings: Settings) -> CORSConfig | None:
     )
 
 
+UNTRACED_PATHS = ["/metrics", "/healthz", "/readyz"]
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    plugins = [problem_details_plugin()]
+    on_shutdown = []
+    tracer_provider = configure_tracing("flashsale-api")
+    if tracer_provider is not None:
+        plugins.append(
+            OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider, exclude=UNTRACED_PATHS))
+        )
+        on_shutdown.append(tracer_provider.force_flush)  # spans of the last requests leave too
     prometheus = PrometheusConfig(
         app_name="flashsale",
         prefix="flashsale",
         group_path=True,
-        exclude=["/metrics", "/healthz", "/readyz"],
+        exclude=UNTRACED_PATHS,
     )
     return Litestar(
         route_handlers=[buy, get_order, get_product, healthz, readyz, AdminController, PrometheusController],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
         lifespan=[resources_lifespan(settings)],
-        plugins=[problem_details_plugin()],
+        plugins=plugins,
+        on_shutdown=on_shutdown,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[prometheus.middleware],
         cors_config=_cors(settings),

@@ -1,0 +1,72 @@
+"""OpenTelemetry tracing, configured from the standard ``OTEL_*`` variables.
+
+``OTEL_TRACES_EXPORTER`` picks the exporter: ``otlp`` (OTLP over HTTP to
+``OTEL_EXPORTER_OTLP_ENDPOINT``), ``console``, or ``none`` (the default: no spans at all).
+The SDK itself reads ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. Redis calls are traced in every
+process, SQL where an engine is instrumented.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import Span
+
+EXPORTERS = ("otlp", "console", "none")
+tracer = trace.get_tracer("flashsale")
+
+
+class TracingError(ValueError):
+    """OTEL_TRACES_EXPORTER names an exporter we do not ship."""
+
+
+def configure_tracing(default_service_name: str) -> TracerProvider | None:
+    """Install this process's tracer provider, once; None when tracing is off."""
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() or "none"
+    if exporter_name not in EXPORTERS:
+        choices = ", ".join(EXPORTERS)
+        raise TracingError(f"OTEL_TRACES_EXPORTER: must be one of {choices}, not {exporter_name!r}")
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    if exporter_name == "none":
+        return None
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", default_service_name)})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(_exporter(exporter_name)))
+    trace.set_tracer_provider(provider)
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    return provider
+
+
+def _exporter(name: str):
+    if name == "console":
+        return ConsoleSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def trace_carrier() -> dict[str, str]:
+    """The current trace context as W3C headers (``traceparent``…), to travel with a job."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def context_from(carrier: Mapping[str, str] | None):
+    """The trace context a job carried; an empty context when it carried none."""
+    return propagate.extract(dict(carrier or {}))
+
+
+def record(span: Span, **attributes) -> None:
+    """Set ``flashsale.<name>`` attributes, skipping None (span attributes cannot hold it)."""
+    if span.is_recording():
+        span.set_attributes({f"flashsale.{k}": v for k, v in attributes.items() if v is not None})
