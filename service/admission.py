@@ -18,6 +18,7 @@ from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
 from service.resources import Resources
 from service.stock_gate import gate_key, sale_key
+from service.tracing import record, trace_carrier, tracer
 from worker.queue import ADMITTED_KEY, job_arguments, job_key, order_job_id, pending_key
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -77,7 +78,31 @@ async def admit(
     quantity: int,
     idempotency_key: str | None,
 ) -> Admission:
-    """Run admit.lua once; ``plan`` holds the buckets to check in the same call (or None)."""
+    """Run admit.lua once; ``plan`` holds the buckets to check in the same call (or None).
+
+    The call is one span; the order's job carries its context, so the worker's span joins
+    the same trace."""
+    with tracer.start_as_current_span("flashsale.admit") as span:
+        admission = await _admit(resources, client, plan, product_id, quantity, idempotency_key)
+        record(
+            span,
+            decision=admission.decision.name.lower(),
+            order_id=admission.order_id,
+            product_id=product_id,
+            quantity=quantity,
+            units_left=admission.left if admission.decision is Decision.ADMITTED else None,
+        )
+        return admission
+
+
+async def _admit(
+    resources: Resources,
+    client: ClientIdentity,
+    plan: Plan | None,
+    product_id: int,
+    quantity: int,
+    idempotency_key: str | None,
+) -> Admission:
     order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
     order_id = str(order.order_id)
     arguments = job_arguments(order)
@@ -104,7 +129,7 @@ async def admit(
         len(plan.keys) if plan else 0,
         *limit_args,
         json.dumps(arguments),
-        *resources.job_fields.for_order(order, arguments),
+        *resources.job_fields.for_order(order, arguments, trace_carrier()),
     ]
     reply = await resources.scripts.admit(keys=keys, args=args)
     decision = Decision(int(reply[0]))

@@ -194,9 +194,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from service.tracing import TracingError, chosen_exporter
+
     try:
         settings = get_settings()
-    except SettingsError as exc:
+        chosen_exporter()
+    except (SettingsError, TracingError) as exc:
         print(f"flashsale: {exc}", file=sys.stderr)
         return 2
     from service.logs import configure_logging

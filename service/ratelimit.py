@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from service.breaker import BreakerState, CircuitBreaker
@@ -22,6 +23,7 @@ from service.identity import ClientIdentity, identity_of
 from service.metrics import LIMITER_DECISIONS, LIMITER_DEGRADED
 from service.policies import LimitSpec, RoutePolicy
 from service.settings import Settings
+from service.tracing import record
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +188,16 @@ class Limiter:
 
     @staticmethod
     def _count(route: str, verdict: Verdict) -> Verdict:
+        """Every verdict passes here: count it, and tell the request's span."""
         outcome = "limited_cached" if verdict.cached else verdict.outcome.value
         LIMITER_DECISIONS.labels(route=route, outcome=outcome).inc()
+        record(
+            trace.get_current_span(),
+            limiter_outcome=outcome,
+            limiter_limits=[state.limit.name for state in verdict.states] or None,
+            limiter_violated=verdict.violated or None,
+            limiter_remaining=min((state.remaining for state in verdict.states), default=None),
+        )
         return verdict
 
 

@@ -27,12 +27,17 @@ class TracingError(ValueError):
     """OTEL_TRACES_EXPORTER names an exporter we do not ship."""
 
 
+def chosen_exporter() -> str:
+    """OTEL_TRACES_EXPORTER, checked: the CLI calls this first, so a typo is a clear exit 2."""
+    name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() or "none"
+    if name not in EXPORTERS:
+        raise TracingError(f"OTEL_TRACES_EXPORTER: must be one of {', '.join(EXPORTERS)}, not {name!r}")
+    return name
+
+
 def configure_tracing(default_service_name: str) -> TracerProvider | None:
     """Install this process's tracer provider, once; None when tracing is off."""
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() or "none"
-    if exporter_name not in EXPORTERS:
-        choices = ", ".join(EXPORTERS)
-        raise TracingError(f"OTEL_TRACES_EXPORTER: must be one of {choices}, not {exporter_name!r}")
+    exporter_name = chosen_exporter()
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current
@@ -44,6 +49,15 @@ def configure_tracing(default_service_name: str) -> TracerProvider | None:
     trace.set_tracer_provider(provider)
     RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
+
+
+def trace_engine(engine) -> None:
+    """Trace this engine's SQL (and its optimistic-lock transactions) when tracing is on."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=provider)
 
 
 def _exporter(name: str):

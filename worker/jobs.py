@@ -9,13 +9,16 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from redis import Redis
+from rq import get_current_job
 from sqlalchemy import Engine
 
 from db.orders import AdmittedOrder, apply_orders, record_failure
 from db.session import make_engine
 from service.settings import get_settings
 from service.stock_gate import add_to_gate
+from service.tracing import context_from, record, trace_engine, tracer
 from worker.queue import ADMITTED_KEY, order_job_id, pending_key
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,17 @@ log = logging.getLogger(__name__)
 
 @cache
 def engine() -> Engine:
-    """This worker process's engine (built on first use, never across a fork)."""
-    return make_engine(get_settings().database_url, pool_size=2)
+    """This worker process's engine (built on first use, never across a fork), traced."""
+    built = make_engine(get_settings().database_url, pool_size=2)
+    trace_engine(built)
+    return built
+
+
+def _attempt(job: Any) -> int | None:
+    """1 for the first run, 2 for the first retry…: a retry is a new span in the same trace."""
+    if job is None or job.retry_intervals is None or job.retries_left is None:
+        return None
+    return len(job.retry_intervals) - job.retries_left + 1
 
 
 @cache
@@ -47,14 +59,30 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
     Claimed orders keep their own jobs: if this worker dies before it commits, those jobs
     still apply them; if it commits, they find their rows and change nothing.
     """
-    order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
-    claimed = _redis().lpop(pending_key(product_id), get_settings().worker_batch_size) or []
-    batch = {order.order_id: order}
-    for payload in claimed:
-        mate = _admitted(*json.loads(payload))
-        batch.setdefault(mate.order_id, mate)
-    outcome = apply_orders(engine(), list(batch.values()))[order.order_id]
-    _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
+    job = get_current_job()
+    with tracer.start_as_current_span(
+        "flashsale.apply_order", context=context_from(job.meta if job else None), kind=SpanKind.CONSUMER
+    ) as span:
+        order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
+        claimed = _redis().lpop(pending_key(product_id), get_settings().worker_batch_size) or []
+        batch = {order.order_id: order}
+        for payload in claimed:
+            mate = _admitted(*json.loads(payload))
+            batch.setdefault(mate.order_id, mate)
+        outcome = apply_orders(engine(), list(batch.values()))[order.order_id]
+        _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
+        record(
+            span,
+            order_id=order_id,
+            product_id=product_id,
+            quantity=quantity,
+            batch_size=len(batch),
+            status=outcome.status,
+            reason=outcome.reason,
+            conflicts=outcome.conflicts,
+            applied_now=outcome.applied_now,
+            attempt=_attempt(job),
+        )
     log.info(
         "order decided",
         extra={

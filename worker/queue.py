@@ -13,6 +13,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
 from db.orders import AdmittedOrder
+from service.tracing import trace_carrier
 
 QUEUE_NAME = "orders"
 ADMITTED_KEY = "fs:admitted"
@@ -84,6 +85,7 @@ def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:
     return queue.enqueue_call(
         JOB_FUNCTION,
         args=job_arguments(order),
+        meta=trace_carrier() or None,
         job_id=order_job_id(str(order.order_id)),
         unique=True,
         timeout=job_timeout,
@@ -102,7 +104,7 @@ class OrderJobFields:
     changes the format fails there.
     """
 
-    PER_ORDER = ("data", "created_at", "enqueued_at", "description", "retry_intervals")
+    PER_ORDER = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
 
     def __init__(self, queue: Queue, job_timeout: int) -> None:
         template = queue.create_job(JOB_FUNCTION, args=[], timeout=job_timeout, **JOB_OPTIONS)
@@ -119,8 +121,11 @@ class OrderJobFields:
         ]
         self._serializer = queue.serializer
 
-    def for_order(self, order: AdmittedOrder, arguments: list) -> list[str | bytes]:
-        """The job's fields; ``arguments`` are ``job_arguments(order)``, computed once by the caller."""
+    def for_order(
+        self, order: AdmittedOrder, arguments: list, trace: dict[str, str] | None = None
+    ) -> list[str | bytes]:
+        """The job's fields; ``arguments`` are ``job_arguments(order)``, computed once by the
+        caller; ``trace`` (W3C trace headers) becomes the job's meta, for the worker's span."""
         stamp = utcformat(datetime.now(UTC))
         data = self._serializer.dumps((JOB_FUNCTION, None, arguments, {}))
         per_order = {
@@ -130,4 +135,6 @@ class OrderJobFields:
             "description": _description(order),
             "retry_intervals": json.dumps(jittered_backoff()),
         }
+        if trace:
+            per_order["meta"] = self._serializer.dumps(trace)
         return self._constant + [item for pair in per_order.items() for item in pair]

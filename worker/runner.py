@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.queue_redis import check_no_eviction
 from service.settings import Settings
+from service.tracing import configure_tracing
 from worker.jobs import engine as jobs_engine
 from worker.queue import order_queue
 from worker.reconcile import reconcile
@@ -103,6 +104,7 @@ class OrderWorker(SimpleWorker):
 
 
 def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> bool:
+    configure_tracing("flashsale-worker")
     connection = Redis.from_url(settings.redis_url)
     check_no_eviction(connection)
     worker = OrderWorker(
