@@ -145,9 +145,10 @@ def redis_server(port: int | None = None, *options: str) -> Iterator[str]:
 
 
 def _free_cluster_port() -> int:
-    """A port free together with port + 10000 (a cluster node's bus port)."""
+    """A port free together with port + 10000 (a cluster node's bus port), both below Linux's
+    ephemeral range (32768+), where an outgoing connection could take the bus port first."""
     while True:
-        port = random.randint(20_000, 29_999)
+        port = random.randint(20_000, 22_767)
         if not port_open("127.0.0.1", port, 0.05) and not port_open("127.0.0.1", port + 10_000, 0.05):
             return port
 
