@@ -67,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
+    request_log_level: str = "INFO"
+    """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written)."""
     job_timeout_seconds: int = 10
     """Longest one order job may run; a worker silent for longer is presumed dead."""
     worker_maintenance_interval: int = 5
@@ -207,6 +209,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": _port,
     "log_level": _log_level,
+    "request_log_level": _log_level,
     "job_timeout_seconds": _positive_int,
     "worker_maintenance_interval": _positive_int,
     "reconcile_interval_seconds": _positive_int,

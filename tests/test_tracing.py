@@ -1,4 +1,7 @@
-"""Traces: one POST /buy is one trace across the API and the worker, through the queue."""
+"""Traces: one POST /buy is one trace across the API and the worker, through the queue;
+the log lines it writes carry that trace's id."""
+
+import json
 
 import httpx
 import pytest
@@ -10,9 +13,17 @@ from tests.support.otlp import OtlpReceiver
 pytestmark = pytest.mark.slow
 
 
+def _log_lines(system) -> list[dict]:
+    lines = []
+    for path in system.log_dir.glob("*.log"):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return lines
+
+
 def test_one_buy_is_one_trace_from_the_api_through_the_queue_to_the_database(system):
     with OtlpReceiver() as receiver:
         system.env.update(
+            FLASHSALE_LOG_LEVEL="INFO",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
             OTEL_BSP_SCHEDULE_DELAY="100",  # export within a tenth of a second, not five
@@ -60,3 +71,12 @@ def test_one_buy_is_one_trace_from_the_api_through_the_queue_to_the_database(sys
     sql = [s for s in spans if s.attributes.get("db.system") == "postgresql"]
     assert sql and all(s.service == "flashsale-worker" for s in sql)
     assert {s.service for s in spans} == {"flashsale-api", "flashsale-worker"}
+
+    # Every line about this request, API and worker, names the trace; none names the buyer.
+    lines = _log_lines(system)
+    request_line = next(line for line in lines if line.get("logger") == "flashsale.requests")
+    assert (request_line["method"], request_line["path"], request_line["status"]) == ("POST", "/buy", 202)
+    assert request_line["trace_id"] == trace_id
+    decided = next(line for line in lines if line.get("message") == "order decided")
+    assert decided["trace_id"] == trace_id and decided["order_id"] == order_id
+    assert not [line for line in lines if "10.9.0.1" in json.dumps(line)], "no client address in the logs"

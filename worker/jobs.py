@@ -71,29 +71,16 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
             batch.setdefault(mate.order_id, mate)
         outcome = apply_orders(engine(), list(batch.values()))[order.order_id]
         _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
-        record(
-            span,
-            order_id=order_id,
-            product_id=product_id,
-            quantity=quantity,
-            batch_size=len(batch),
-            status=outcome.status,
-            reason=outcome.reason,
-            conflicts=outcome.conflicts,
-            applied_now=outcome.applied_now,
-            attempt=_attempt(job),
-        )
-    log.info(
-        "order decided",
-        extra={
+        facts = {
             "order_id": order_id,
             "product_id": product_id,
             "status": outcome.status,
             "reason": outcome.reason,
             "conflicts": outcome.conflicts,
             "applied_now": outcome.applied_now,
-        },
-    )
+        }
+        record(span, **facts, quantity=quantity, batch_size=len(batch), attempt=_attempt(job))
+        log.info("order decided", extra=facts)  # inside the span: the line carries its trace id
     return {"status": outcome.status, "reason": outcome.reason}
 
 
