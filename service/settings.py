@@ -77,6 +77,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds between reconciler passes over the stock gates (one worker at a time)."""
     worker_batch_size: int = 64
     """Most orders of one product a worker applies in one transaction."""
+    worker_metrics_port: int | None = None
+    """Where a worker serves its Prometheus /metrics; unset, it serves none."""
     worker_heartbeat_file: Path | None = None
     """A file the worker touches on every turn of its loop, for ``flashsale check worker``
     (a liveness probe that does not depend on Redis)."""
@@ -214,6 +216,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "worker_maintenance_interval": _positive_int,
     "reconcile_interval_seconds": _positive_int,
     "worker_batch_size": _positive_int,
+    "worker_metrics_port": _port,
     "worker_heartbeat_file": Path,
     "lua_dir": _directory,
 }

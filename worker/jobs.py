@@ -19,6 +19,7 @@ from db.session import make_engine
 from service.settings import get_settings
 from service.stock_gate import add_to_gate
 from service.tracing import context_from, record, trace_engine, tracer
+from worker.metrics import JOB_RETRIES, observe_batch
 from worker.queue import ADMITTED_KEY, order_job_id, pending_key
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
         for payload in claimed:
             mate = _admitted(*json.loads(payload))
             batch.setdefault(mate.order_id, mate)
-        outcome = apply_orders(engine(), list(batch.values()))[order.order_id]
+        outcomes = apply_orders(engine(), list(batch.values()))
+        observe_batch(batch, outcomes)
+        outcome = outcomes[order.order_id]
         _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
         facts = {
             "order_id": order_id,
@@ -79,7 +82,10 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
             "conflicts": outcome.conflicts,
             "applied_now": outcome.applied_now,
         }
-        record(span, **facts, quantity=quantity, batch_size=len(batch), attempt=_attempt(job))
+        attempt = _attempt(job)
+        if attempt and attempt > 1:
+            JOB_RETRIES.inc()
+        record(span, **facts, quantity=quantity, batch_size=len(batch), attempt=attempt)
         log.info("order decided", extra=facts)  # inside the span: the line carries its trace id
     return {"status": outcome.status, "reason": outcome.reason}
 
@@ -95,6 +101,7 @@ def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any,
     order = _admitted(*job.args)
     log.error("order job gave up", extra={"order_id": str(order.order_id), "error": repr(exc_value)})
     outcome = record_failure(engine(), order)
+    observe_batch({order.order_id: order}, {order.order_id: outcome})
     _redis().zrem(ADMITTED_KEY, order_job_id(str(order.order_id)))
     if outcome.applied_now:
         add_to_gate(_redis(), order.product_id, order.quantity)

@@ -17,6 +17,7 @@ from service.queue_redis import check_no_eviction
 from service.settings import Settings
 from service.tracing import configure_tracing
 from worker.jobs import engine as jobs_engine
+from worker.metrics import sample_queue, serve_metrics
 from worker.queue import order_queue
 from worker.reconcile import reconcile
 from worker.stranded import requeue_stranded
@@ -59,6 +60,7 @@ class OrderWorker(SimpleWorker):
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
+        self._sample_queue()
         self._recover_lost_jobs()
         self._reconcile_when_due()
 
@@ -80,6 +82,13 @@ class OrderWorker(SimpleWorker):
             requeue_stranded(self.connection, jobs_engine(), self.stranded_after_seconds)
         except (RedisError, SQLAlchemyError) as exc:
             self.log.warning("stranded-order sweep skipped: %s", type(exc).__name__)
+
+    def _sample_queue(self) -> None:
+        try:
+            for queue in self.queues:
+                sample_queue(self.connection, queue)
+        except RedisError as exc:
+            self.log.debug("queue sample skipped: %s", type(exc).__name__)
 
     def _reconcile_when_due(self) -> None:
         now = time.monotonic()
@@ -105,6 +114,8 @@ class OrderWorker(SimpleWorker):
 
 def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> bool:
     configure_tracing("flashsale-worker")
+    if settings.worker_metrics_port is not None:
+        serve_metrics(settings.worker_metrics_port)
     connection = Redis.from_url(settings.redis_url)
     check_no_eviction(connection)
     worker = OrderWorker(

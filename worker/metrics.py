@@ -1,0 +1,65 @@
+"""The worker's Prometheus metrics, served on FLASHSALE_WORKER_METRICS_PORT.
+
+Counted where an order is decided for the first time (``applied_now``), so an order decided
+in another job's batch and seen again by its own job counts once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Histogram, start_http_server
+from redis import Redis
+from rq import Queue
+from rq.registry import StartedJobRegistry
+
+from db.orders import AdmittedOrder, Outcome
+from service.metrics import QUEUE_BACKLOG, QUEUE_RUNNING, QUEUE_WAITING
+
+ORDERS_DECIDED = Counter(
+    "flashsale_orders_decided",
+    "Orders decided by workers, by status (confirmed, rejected) and reason (sold_out, failed…).",
+    ["status", "reason"],
+)
+LOCK_CONFLICTS = Counter(
+    "flashsale_order_lock_conflicts",
+    "Optimistic-lock updates that lost to another worker and were retried.",
+)
+JOB_RETRIES = Counter(
+    "flashsale_order_job_retries",
+    "Order jobs run again after a failure (their second and later attempts).",
+)
+DECIDE_SECONDS = Histogram(
+    "flashsale_order_decide_seconds",
+    "From the order's 202 (admission) to the worker's decision.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Serve /metrics from a thread of this worker process."""
+    start_http_server(port)
+
+
+def observe_batch(orders: Mapping[object, AdmittedOrder], outcomes: Mapping[object, Outcome]) -> None:
+    """Count the orders this batch decided now, and how long each waited since its 202."""
+    now = time.time()
+    conflicts = 0
+    for order_id, outcome in outcomes.items():
+        if not outcome.applied_now:
+            continue
+        conflicts = max(conflicts, outcome.conflicts)  # one transaction: the same count for all
+        ORDERS_DECIDED.labels(outcome.status, outcome.reason or "").inc()
+        DECIDE_SECONDS.observe(max(0.0, now - orders[order_id].admitted_at.timestamp()))
+    LOCK_CONFLICTS.inc(conflicts)
+
+
+def sample_queue(connection: Redis, queue: Queue) -> None:
+    """The queue gauges (also on the API), from this worker's view of Redis."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.llen(queue.key).zcount(StartedJobRegistry(queue=queue).key, time.time(), "+inf")
+        waiting, running = pipe.execute()
+    QUEUE_WAITING.labels(queue.name).set(waiting)
+    QUEUE_RUNNING.labels(queue.name).set(running)
+    QUEUE_BACKLOG.labels(queue.name).set(waiting + running)
