@@ -9,14 +9,14 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
-from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
 
 from service.settings import REPO_ROOT, settings_from_env
 from tests.support.chart import CI_VALUES, lint, objects, render, validate_values, values_of
 
 VALUE_FILES = [*CI_VALUES, REPO_ROOT / "k8s" / "values-kind.yaml"]
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]  # Chart.yaml's kubeVersion floor, and the newest schemas
-CRD_MODELS = {"ScaledObject": ScaledObject, "ServiceMonitor": ServiceMonitor}
+CRD_MODELS = {"ScaledObject": ScaledObject, "ServiceMonitor": ServiceMonitor, "PodMonitor": PodMonitor}
 
 
 def _by_kind(rendered: list[dict], kind: str) -> dict[str, dict]:
@@ -75,6 +75,7 @@ def test_probes_point_where_they_should_and_grace_outlasts_shutdown():
 
     worker = _container(rendered, "flashsale-worker")
     assert worker["args"] == ["flashsale", "worker"]
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9102, "protocol": "TCP"}]
     assert worker["livenessProbe"]["exec"]["command"] == ["flashsale", "check", "worker"]
     assert "readinessProbe" not in worker
     worker_pod = _by_kind(rendered, "Deployment")["flashsale-worker"]["spec"]["template"]["spec"]
@@ -209,7 +210,11 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
     rendered = objects(values_of(REPO_ROOT / "charts/flashsale/ci/production-like-values.yaml"))
     policies = _by_kind(rendered, "NetworkPolicy")
     (rule,) = policies["flashsale-api"]["spec"]["ingress"]
-    ingress_peer, test_peer = rule["from"]
+    ingress_peer, test_peer, prometheus = rule["from"]
+    assert prometheus == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert policies["flashsale-worker"]["spec"]["ingress"] == [
+        {"from": [prometheus], "ports": [{"port": "metrics"}]}
+    ]
     assert ingress_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "traefik"}}
     assert test_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
     assert policies["flashsale-egress"]["spec"]["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
