@@ -14,6 +14,14 @@ LIMITER_DEGRADED = Gauge(
     "flashsale_limiter_degraded",
     "1 while the limiter's circuit breaker is open or probing (Redis failing), else 0.",
 )
+SOLD_OUT_LATCHED = Gauge(
+    "flashsale_sold_out_latched",
+    "Products this API process knows to be sold out (it answers 409 for them without Redis).",
+)
+SOLD_OUT_LATCH_ANSWERS = Counter(
+    "flashsale_sold_out_latch_answers",
+    "409 sold-out answers given from the latch, without a Redis call.",
+)
 QUEUE_WAITING = Gauge(
     "flashsale_queue_depth",
     "Order jobs waiting in RQ's queue, sampled from Redis by each API pod.",

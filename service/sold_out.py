@@ -16,6 +16,7 @@ from collections.abc import Callable
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.metrics import SOLD_OUT_LATCH_ANSWERS, SOLD_OUT_LATCHED
 from service.stock_gate import GATE_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,16 @@ class SoldOutLatch:
 
     def latch(self, product_id: int) -> None:
         self._until[product_id] = self._clock() + LATCH_SECONDS
+        SOLD_OUT_LATCHED.set(len(self._until))
 
     def is_sold_out(self, product_id: int) -> bool:
         until = self._until.get(product_id)
         if until is None:
             return False
         if until > self._clock():
+            SOLD_OUT_LATCH_ANSWERS.inc()
             return True
-        del self._until[product_id]
+        self.clear(product_id)
         return False
 
     def clear(self, product_id: int | None = None) -> None:
@@ -46,6 +49,7 @@ class SoldOutLatch:
             self._until.clear()
         else:
             self._until.pop(product_id, None)
+        SOLD_OUT_LATCHED.set(len(self._until))
 
 
 async def follow_gate_changes(redis: aioredis.Redis, latch: SoldOutLatch) -> None:

@@ -45,6 +45,9 @@ def test_after_a_sell_out_no_needs_neither_redis_nor_postgresql(settings_env, re
         limited = _buy(url, "203.0.113.1")
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         assert _evalsha_calls(redis) == before
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        assert "flashsale_sold_out_latched 1.0" in metrics
+        assert "flashsale_sold_out_latch_answers_total 10.0" in metrics
     finally:
         system.stop()
 
