@@ -82,8 +82,9 @@ async def admit(
 
     The call is one span; the order's job carries its context, so the worker's span joins
     the same trace."""
+    order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
     with tracer.start_as_current_span("flashsale.admit") as span:
-        admission = await _admit(resources, client, plan, product_id, quantity, idempotency_key)
+        admission = await _run_admit_script(resources, client, plan, order, idempotency_key)
         record(
             span,
             decision=admission.decision.name.lower(),
@@ -95,15 +96,14 @@ async def admit(
         return admission
 
 
-async def _admit(
+async def _run_admit_script(
     resources: Resources,
     client: ClientIdentity,
     plan: Plan | None,
-    product_id: int,
-    quantity: int,
+    order: AdmittedOrder,
     idempotency_key: str | None,
 ) -> Admission:
-    order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
+    product_id, quantity = order.product_id, order.quantity
     order_id = str(order.order_id)
     arguments = job_arguments(order)
     keys = [

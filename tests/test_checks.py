@@ -2,24 +2,17 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from service.throwaway import free_port, wait_until
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "check", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _check(env: dict[str, str], *args: str):
+    return run_cli(env, "check", *args)
 
 
 def test_ready_and_demo_pass_against_a_live_api_and_fail_otherwise(system):

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from service.stock_gate import gate_key
 from service.throwaway import free_port, port_open, wait_until
+from tests.support.cli import run_cli
 from tests.support.database import product_state
 from tests.support.orders import wait_all_terminal
 
@@ -23,9 +24,7 @@ def _throwaway_dirs() -> set[Path]:
 
 
 def _cli(env, *args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_cli(env, *args, timeout=timeout)
 
 
 def test_migrate_creates_a_missing_database_and_is_safe_to_repeat(settings_env, database_url):

@@ -1,7 +1,5 @@
 """Order jobs that gave up: listed by `flashsale orders failed`, run again by `requeue`."""
 
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -9,19 +7,14 @@ from rq import Callback
 
 from db.orders import AdmittedOrder
 from service.throwaway import free_port
+from tests.support.cli import run_cli
 from tests.support.database import order_rows
 from worker.queue import JOB_FUNCTION, job_arguments, order_job_id, order_queue
 from worker.runner import OrderWorker
 
 
 def _cli(settings_env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "orders", *args],
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(settings_env, "orders", *args)
 
 
 def test_a_job_that_gave_up_while_postgresql_was_away_is_listed_and_requeued(

@@ -1,11 +1,9 @@
 """A main Redis that may evict keys would silently drop queued orders: refuse to start on it."""
 
-import subprocess
-import sys
-
 import pytest
 
 from service.throwaway import free_port, redis_server
+from tests.support.cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +17,7 @@ def test_api_and_worker_refuse_an_evicting_redis(settings_env, evicting_redis, c
     env = {**settings_env, "FLASHSALE_REDIS_URL": evicting_redis}
     if command[0] == "api":
         command = [*command, "--port", str(free_port())]
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", *command], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_cli(env, *command)
     assert result.returncode != 0
     assert "maxmemory-policy allkeys-lru" in result.stderr
     assert "maxmemory-policy noeviction" in result.stderr

@@ -1,7 +1,5 @@
 """The reconciler puts each gate at database stock minus undecided orders, never above it."""
 
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -10,6 +8,7 @@ import pytest
 from db.orders import AdmittedOrder, apply_order
 from service.stock_gate import gate_key
 from service.throwaway import wait_until
+from tests.support.cli import run_cli
 from worker.queue import enqueue_order, order_queue
 from worker.reconcile import reconcile, undecided_units
 
@@ -48,13 +47,7 @@ def test_orders_already_in_the_database_are_not_counted_twice(redis, fresh_db):
 
 def test_flashsale_reconcile_reports_its_repairs(redis, fresh_db, settings_env):
     redis.set(gate_key(1), 7)
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "reconcile"],
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(settings_env, "reconcile")
     assert result.returncode == 0
     assert "product 1: gate 7 -> 100" in result.stdout and "1 gate(s) repaired" in result.stderr
 

@@ -1,10 +1,9 @@
 import ipaddress
-import subprocess
-import sys
 
 import pytest
 
 from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, redact_url, settings_from_env
+from tests.support.cli import run_cli
 
 
 def test_defaults_match_the_design():
@@ -66,13 +65,7 @@ def test_every_bad_value_is_reported_at_once():
 
 
 def test_the_cli_fails_fast_with_a_message_not_a_traceback():
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "api"],
-        env={"FLASHSALE_RATE_CAPACITY": "lots", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli({"FLASHSALE_RATE_CAPACITY": "lots", "PATH": "/usr/bin:/bin"}, "api")
     assert result.returncode == 2
     assert "FLASHSALE_RATE_CAPACITY" in result.stderr
     assert "Traceback" not in result.stderr
