@@ -55,5 +55,5 @@ class Order(SQLModel, table=True):
     admitted_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     decided_at: datetime | None = Field(
         default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),
     )

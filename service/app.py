@@ -13,9 +13,11 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from service.errors import EXCEPTION_HANDLERS, problem_details_plugin
+from service.request_log import request_log_middleware
 from service.resources import provide_resources, resources_lifespan
 from service.routes.admin import AdminController
 from service.routes.buy import buy
+from service.routes.dashboard import DashboardPlugin
 from service.routes.health import healthz, readyz
 from service.routes.orders import get_order
 from service.routes.products import get_product
@@ -37,12 +39,13 @@ def _cors(settings: Settings) -> CORSConfig | None:
     )
 
 
-UNTRACED_PATHS = ["/metrics", "/healthz", "/readyz"]
+UNTRACED_PATHS = ["/metrics", "/healthz", "/readyz", "/dashboard"]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     plugins = [problem_details_plugin()]
+    plugins.append(DashboardPlugin())  # /dashboard, and the /buy outcome counter it shows
     on_shutdown = []
     tracer_provider = configure_tracing("flashsale-api")
     if tracer_provider is not None:
@@ -63,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=plugins,
         on_shutdown=on_shutdown,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[prometheus.middleware],
+        middleware=[prometheus.middleware, request_log_middleware(settings.request_log_level)],
         cors_config=_cors(settings),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="flashsale", version="0.1.0"),

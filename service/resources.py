@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis import Redis
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine
 
 from db.session import make_engine
+from service.dashboard import DashboardFeed, close_on_shutdown_signal
 from service.lua import Scripts, load_scripts
 from service.queue_gauges import sample_queue
 from service.queue_redis import check_no_eviction_async
 from service.ratelimit import Limiter
+from service.sale_stats import OUTCOME_COUNTS, flush_forever
 from service.settings import Settings
 from service.sold_out import SoldOutLatch, follow_gate_changes
 from worker.queue import OrderJobFields, order_queue
@@ -55,6 +60,8 @@ class Resources:
         self.sold_out = SoldOutLatch()
         self.engine = engine
         self.ready = True
+        self.dashboard = DashboardFeed(self)
+        """Snapshots shared by this process's open dashboards."""
 
 
 class RedisConnection(aioredis.Connection):
@@ -128,19 +135,29 @@ def resources_lifespan(settings: Settings):
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         resources = open_resources(settings)
         app.state.resources = resources
-        await check_no_eviction_async(resources.redis)
         queue = resources.queue
-        tasks = [
-            asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out)),
-            asyncio.create_task(
-                sample_queue(resources.redis, queue.name, queue.key, StartedJobRegistry(queue=queue).key)
-            ),
-        ]
+        # Start-up checks and background loops are not requests: no traces of their own (the
+        # tasks inherit this context).
+        with suppress_instrumentation():
+            await check_no_eviction_async(resources.redis)
+            tasks = [
+                asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out)),
+                asyncio.create_task(
+                    sample_queue(resources.redis, queue.name, queue.key, StartedJobRegistry(queue=queue).key)
+                ),
+                asyncio.create_task(flush_forever(resources.redis)),
+            ]
+        restore_signals = close_on_shutdown_signal(resources.dashboard)
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            restore_signals()
+            resources.dashboard.close()
+            # The last second's /buy outcomes still reach the dashboards of the other pods.
+            with contextlib.suppress(RedisError, OSError):
+                await OUTCOME_COUNTS.flush(resources.redis)
             # Stop answering ready first, so a load balancer drains us before clients go.
             resources.ready = False
             await close_resources(resources)

@@ -1,0 +1,93 @@
+"""The dashboard in a real headless browser: Debian's Chromium driven by Playwright.
+
+Playwright's own browser downloads are never used (they cannot be fetched here, nor in CI):
+``.ci/run`` installs the ``chromium`` package and the tests launch it by path. Without it
+the tests fail, saying what to install; they never skip.
+
+``FLASHSALE_DASHBOARD_SCREENSHOT=docs/dashboard.png pytest tests/test_dashboard.py`` also
+saves the page mid-sale as the README's screenshot; a normal run writes no tracked file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from service.throwaway import wait_until
+
+CHROMIUM = os.environ.get("FLASHSALE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # we run as root in CI
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+LAPTOP = {"width": 1366, "height": 768}
+SCREENSHOT_ENV = "FLASHSALE_DASHBOARD_SCREENSHOT"
+SCREENSHOT_MAX_BYTES = 300 * 1024
+
+
+@contextmanager
+def dashboard_page(url: str) -> Iterator:
+    """A page of headless Chromium, laptop-sized, showing ``url``/dashboard."""
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -e '.[dev]'")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=LAPTOP)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/dashboard")
+            page.script_errors = errors
+            yield page
+        finally:
+            browser.close()
+
+
+def text(page, name: str) -> str:
+    return page.locator(f'[data-field="{name}"]').inner_text()
+
+
+def number(page, name: str) -> int | None:
+    """The integer a field shows ("1,234" → 1234), or None while it shows "—"."""
+    digits = re.sub(r"[^\d-]", "", text(page, name))
+    return int(digits) if digits else None
+
+
+def recent_order_ids(page) -> list[str]:
+    return page.locator("#recent tbody tr").evaluate_all("rows => rows.map(row => row.dataset.orderId)")
+
+
+def fits_laptop(page) -> bool:
+    """Nothing scrolls on a 1366x768 screen."""
+    return page.evaluate(
+        "() => document.documentElement.scrollWidth <= innerWidth"
+        " && document.documentElement.scrollHeight <= innerHeight"
+    )
+
+
+def maybe_save_screenshot(page, when: Callable[[], bool] = lambda: True) -> Path | None:
+    """Save the page as a PNG where ``FLASHSALE_DASHBOARD_SCREENSHOT`` says, if it does, as
+    soon as ``when()`` holds."""
+    target = os.environ.get(SCREENSHOT_ENV)
+    if not target:
+        return None
+    wait_until(when, 15, "the page to be worth a screenshot", 0.1)
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), type="png")
+    assert path.stat().st_size < SCREENSHOT_MAX_BYTES, f"{path} is {path.stat().st_size} bytes"
+    return path
