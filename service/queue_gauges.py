@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -25,10 +26,11 @@ async def sample_queue(redis: aioredis.Redis, name: str, queue_key: str, started
     """Forever: set the gauges from the queue list and the live started-registry entries."""
     while True:
         try:
-            async with redis.pipeline(transaction=False) as pipe:
-                # Started entries are scored by when they expire: dead workers' ones do not count.
-                pipe.llen(queue_key).zcount(started_key, time.time(), "+inf")
-                waiting, running = await pipe.execute()
+            with suppress_instrumentation():  # a sample every 2 s is not worth a trace each
+                async with redis.pipeline(transaction=False) as pipe:
+                    # Started entries are scored by when they expire: dead workers' do not count.
+                    pipe.llen(queue_key).zcount(started_key, time.time(), "+inf")
+                    waiting, running = await pipe.execute()
         except (RedisError, OSError) as exc:  # readiness reports Redis; keep the last sample
             log.debug("queue sample skipped", extra={"error": type(exc).__name__})
         else:

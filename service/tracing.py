@@ -3,8 +3,8 @@
 ``OTEL_TRACES_EXPORTER`` picks the exporter: ``otlp`` (OTLP over HTTP to
 ``OTEL_EXPORTER_OTLP_ENDPOINT``), ``console``, or ``none`` (the default: no spans at all).
 The SDK itself reads ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
-``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. Redis calls are traced in every
-process, SQL where an engine is instrumented.
+``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. Redis calls are traced in the API,
+SQL in the workers.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ def chosen_exporter() -> str:
     return name
 
 
-def configure_tracing(default_service_name: str) -> TracerProvider | None:
-    """Install this process's tracer provider, once; None when tracing is off."""
+def configure_tracing(default_service_name: str, trace_redis: bool = True) -> TracerProvider | None:
+    """Install this process's tracer provider, once; None when tracing is off.
+
+    ``trace_redis`` is off in workers: RQ's own polling would make a root span every few
+    seconds; their database work is what their traces show."""
     exporter_name = chosen_exporter()
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
@@ -47,7 +50,8 @@ def configure_tracing(default_service_name: str) -> TracerProvider | None:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(_exporter(exporter_name)))
     trace.set_tracer_provider(provider)
-    RedisInstrumentor().instrument(tracer_provider=provider)
+    if trace_redis:
+        RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
@@ -59,10 +60,11 @@ class OrderWorker(SimpleWorker):
         super().heartbeat(timeout, pipeline)
 
     def run_maintenance_tasks(self):
-        super().run_maintenance_tasks()
-        self._sample_queue()
-        self._recover_lost_jobs()
-        self._reconcile_when_due()
+        with suppress_instrumentation():  # housekeeping every few seconds: not worth traces
+            super().run_maintenance_tasks()
+            self._sample_queue()
+            self._recover_lost_jobs()
+            self._reconcile_when_due()
 
     def _recover_lost_jobs(self) -> None:
         """Retry the jobs of dead workers, then queue again admitted orders RQ lost track of.
@@ -113,7 +115,7 @@ class OrderWorker(SimpleWorker):
 
 
 def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> bool:
-    configure_tracing("flashsale-worker")
+    configure_tracing("flashsale-worker", trace_redis=False)
     if settings.worker_metrics_port is not None:
         serve_metrics(settings.worker_metrics_port)
     connection = Redis.from_url(settings.redis_url)

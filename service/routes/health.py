@@ -7,6 +7,7 @@ import asyncio
 from anyio import to_thread
 from litestar import Response, get
 from litestar.di import NamedDependency
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from db.session import database_reachable
 from service.resources import Resources
@@ -29,19 +30,20 @@ async def _redis_ok(client) -> bool:
 
 @get("/readyz", summary="Readiness", operation_id="readyz")
 async def readyz(resources: NamedDependency[Resources]) -> Response[dict]:
-    checks = {
-        "redis": await _redis_ok(resources.redis),
-        "database": await to_thread.run_sync(database_reachable, resources.engine),
-        "accepting": resources.ready,
-    }
+    with suppress_instrumentation():  # a probe every few seconds per pod: not worth traces
+        checks = {
+            "redis": await _redis_ok(resources.redis),
+            "database": await to_thread.run_sync(database_reachable, resources.engine),
+            "accepting": resources.ready,
+        }
+        # The limiter is reported, not required: a route that fails open must keep serving
+        # while the limiter's Redis is away, so its pods stay ready.
+        limiter = {
+            "redis": await _redis_ok(resources.limiter_redis),
+            "breaker": resources.limiter.breaker.state.value,
+            "degraded": resources.limiter.degraded,
+        }
     ready = all(checks.values())
-    # The limiter is reported, not required: a route that fails open must keep serving
-    # while the limiter's Redis is away, so its pods stay ready.
-    limiter = {
-        "redis": await _redis_ok(resources.limiter_redis),
-        "breaker": resources.limiter.breaker.state.value,
-        "degraded": resources.limiter.degraded,
-    }
     return Response(
         {"status": "ready" if ready else "unavailable", "checks": checks, "limiter": limiter},
         status_code=200 if ready else 503,
