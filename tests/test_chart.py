@@ -206,6 +206,14 @@ def test_pods_roll_when_the_configuration_changes():
     assert checksum({}) != checksum({"config": {"rateCapacity": 10}})
 
 
+def test_the_ingress_routes_the_buyers_paths_only():
+    rendered = objects(values_of(REPO_ROOT / "charts/flashsale/ci/production-like-values.yaml"))
+    (rule,) = _by_kind(rendered, "Ingress")["flashsale"]["spec"]["rules"]
+    assert rule["host"] == "shop.example.com"
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/buy", "/orders", "/products"]
+    assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {"flashsale-api"}
+
+
 def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its_stores():
     rendered = objects(values_of(REPO_ROOT / "charts/flashsale/ci/production-like-values.yaml"))
     policies = _by_kind(rendered, "NetworkPolicy")
