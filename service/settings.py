@@ -67,8 +67,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
-    request_log_level: str = "INFO"
-    """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written)."""
+    request_log_level: str = "DEBUG"
+    """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written, so
+    by default a sale's hot path formats no line per request)."""
     job_timeout_seconds: int = 10
     """Longest one order job may run; a worker silent for longer is presumed dead."""
     worker_maintenance_interval: int = 5

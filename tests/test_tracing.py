@@ -24,6 +24,7 @@ def test_one_buy_is_one_trace_from_the_api_through_the_queue_to_the_database(sys
     with OtlpReceiver() as receiver:
         system.env.update(
             FLASHSALE_LOG_LEVEL="INFO",
+            FLASHSALE_REQUEST_LOG_LEVEL="INFO",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
             OTEL_BSP_SCHEDULE_DELAY="100",  # export within a tenth of a second, not five
