@@ -8,10 +8,18 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench e2e clean
+.PHONY: help system-packages run-packages install run test lint format bench e2e clean
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+system-packages: ## install the Debian packages the tests need, if missing (apt-get, as root or via sudo)
+	bash .ci/system-packages test
+
+# make run needs redis-server and PostgreSQL only when none answers; if they cannot be
+# installed here, `flashsale dev` still says what is missing.
+run-packages:
+	-@bash .ci/system-packages run
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +36,10 @@ $(CHECKOV):
 
 install: $(INSTALLED) $(CHECKOV) ## create .venv with flashsale and its test tools (and .venv-checkov)
 
-run: $(INSTALLED) ## the whole system on this machine: API on :8000 and a worker (Ctrl-C stops it)
+run: run-packages $(INSTALLED) ## the whole system on this machine: API on :8000 and a worker (Ctrl-C stops it)
 	$(BIN)/flashsale dev
 
-test: $(INSTALLED) $(CHECKOV) lint ## lint, then every test: unit, integration, chart, e2e (local mode)
+test: system-packages $(INSTALLED) $(CHECKOV) lint ## lint, then every test: unit, integration, chart, e2e (local mode)
 	$(BIN)/pytest
 
 lint: $(INSTALLED) ## ruff: lint and formatting
