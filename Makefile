@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help system-packages run-packages install run test lint format bench e2e clean
+.PHONY: help system-packages run-packages install run test lint format bench bench-quick e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -50,10 +50,14 @@ format: $(INSTALLED) ## rewrite files to ruff's formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(INSTALLED) ## measure /buy under load and the limiter (needs wrk); prints the figures
+bench: $(INSTALLED) ## measure the request paths against their floor, /buy under load, the limiter, the workers (needs wrk)
+	$(BIN)/python -m bench.paths
 	$(BIN)/python -m bench.buy_load
 	$(BIN)/python -m bench.limiter
 	$(BIN)/python -m bench.workers
+
+bench-quick: $(INSTALLED) ## the request paths, 3 s each: fails if a ratio to the floor fell 30 % below bench/baseline.json
+	$(BIN)/python -m bench.paths --quick --check bench/baseline.json
 
 e2e: $(INSTALLED) ## the e2e suite against a kind cluster with the chart installed (see k8s/)
 	E2E_TARGET=kind $(BIN)/pytest e2e

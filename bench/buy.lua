@@ -1,8 +1,12 @@
 -- wrk script: POST /buy {} from many clients, told apart by X-Forwarded-For.
--- BENCH_CLIENTS (default 2000) distinct addresses, spread over wrk's threads.
+-- BENCH_CLIENTS (default 2000) distinct addresses, spread over wrk's threads; 0 sends no
+-- X-Forwarded-For (one client). BENCH_METHOD and BENCH_PATH (default POST /buy) measure
+-- another route the same way (GET /healthz: the floor).
 -- done() prints one JSON line (prefixed "BENCH ") for bench/buy_load.py to read.
 
 local clients = tonumber(os.getenv("BENCH_CLIENTS") or "2000")
+local method = os.getenv("BENCH_METHOD") or "POST"
+local path = os.getenv("BENCH_PATH") or "/buy"
 local threads = {}
 local thread_count = 0
 local id = 0
@@ -20,10 +24,17 @@ function init(args)
 end
 
 function request()
-  local i = (sent * 64 + id) % clients
-  sent = sent + 1
-  local address = string.format("10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)
-  return wrk.format("POST", "/buy", {["Content-Type"] = "application/json", ["X-Forwarded-For"] = address}, "{}")
+  if method == "GET" then
+    return wrk.format("GET", path)
+  end
+  local headers = {["Content-Type"] = "application/json"}
+  if clients > 0 then
+    local i = (sent * 64 + id) % clients
+    sent = sent + 1
+    headers["X-Forwarded-For"] = string.format(
+      "10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)
+  end
+  return wrk.format(method, path, headers, "{}")
 end
 
 function response(status, headers, body)

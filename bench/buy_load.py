@@ -30,7 +30,16 @@ from service.throwaway import free_port, wait_until
 WRK_SCRIPT = Path(__file__).with_name("buy.lua")
 
 
-def run_wrk(url: str, seconds: int, connections: int, threads: int, clients: int) -> dict:
+def run_wrk(
+    url: str,
+    seconds: int,
+    connections: int,
+    threads: int,
+    clients: int,
+    method: str = "POST",
+    path: str = "/buy",
+) -> dict:
+    """wrk with bench/buy.lua: counts by status and latency percentiles (µs), as a dict."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed; install it with: apt-get install -y wrk")
@@ -44,9 +53,9 @@ def run_wrk(url: str, seconds: int, connections: int, threads: int, clients: int
             "10s",
             "-s",
             str(WRK_SCRIPT),
-            f"{url}/buy",
+            f"{url}{path}",
         ],
-        env={**os.environ, "BENCH_CLIENTS": str(clients)},
+        env={**os.environ, "BENCH_CLIENTS": str(clients), "BENCH_METHOD": method, "BENCH_PATH": path},
         capture_output=True,
         text=True,
         check=True,

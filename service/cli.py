@@ -25,6 +25,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=args.shutdown_timeout,
+        workers=args.processes,
     )
     return 0
 
@@ -127,6 +128,13 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     return run_dev(settings, port=args.port or settings.port, workers=args.workers, stock=args.stock)
 
 
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _non_negative(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -141,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the HTTP API (uvicorn, one process)")
     api.add_argument("--host", help="listen address (default FLASHSALE_HOST or 0.0.0.0)")
     api.add_argument("--port", type=int, help="listen port (default FLASHSALE_PORT or 8000)")
+    api.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="uvicorn worker processes sharing the port (default 1; on Kubernetes, scale pods)",
+    )
     api.add_argument(
         "--shutdown-timeout",
         type=_non_negative,

@@ -1,0 +1,198 @@
+"""The request paths of a sale, each next to its floor, on two API processes.
+
+    python -m bench.paths                  # what `make bench` runs first: 10 s per measurement
+    python -m bench.paths --quick --check bench/baseline.json   # `make bench-quick` (CI)
+
+On throwaway Redis and PostgreSQL it starts ``flashsale api --processes 2`` (two uvicorn
+processes on one port) and two workers, then measures with wrk (Debian's ``wrk``; ``-t2
+-c64``, keep-alive) each scenario right after its floor, ``GET /healthz`` on the same
+processes (a trivial route with no Redis call):
+
+  limited    POST /buy from one client already over its limit (429, from the deny cache;
+             the few 202s are its bucket refilling, 1 token/s)
+  sold_out   POST /buy with the gate at zero, 20,000 clients (409, from the latch)
+  admit      POST /buy with stock to spare, 200,000 clients (202, one admit.lua call each)
+
+Absolute figures drift on shared machines; the ratio to the floor is what to compare. It
+prints a table against the issue's targets, writes JSON to ``bench/results/``, and with
+``--check`` fails when a ratio falls more than 30 % below the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+from redis import Redis
+
+from bench.buy_load import run_wrk
+from db.migrate import migrate
+from db.seed import seed
+from db.session import make_engine
+from service.settings import REPO_ROOT
+from service.stock_gate import set_gate
+from service.throwaway import free_port, postgres_server, redis_server, wait_until
+
+RESULTS = REPO_ROOT / "bench" / "results"
+REGRESSION_TOLERANCE = 0.3
+CONNECTIONS, THREADS = 64, 2
+# scenario: (minimum ratio to the floor or None, minimum req/s or None, maximum p99 ms)
+TARGETS = {"limited": (0.8, None, 20.0), "sold_out": (0.8, None, 20.0), "admit": (None, 6_500.0, 50.0)}
+
+
+@contextmanager
+def two_api_processes(workers: int):
+    """Throwaway Redis and PostgreSQL, ``flashsale api --processes 2`` and ``workers`` workers."""
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(redis_server())
+        database_url = stack.enter_context(postgres_server())
+        migrate(database_url)
+        engine = make_engine(database_url, pool_size=1)
+        redis = Redis.from_url(redis_url)
+        seed(engine, redis)
+        engine.dispose()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")},
+            "FLASHSALE_REDIS_URL": redis_url,
+            "FLASHSALE_DATABASE_URL": database_url,
+            "FLASHSALE_TRUSTED_PROXIES": "127.0.0.1/32",  # wrk's X-Forwarded-For tells clients apart
+            "FLASHSALE_LOG_LEVEL": "WARNING",
+        }
+        port = free_port()
+        api = ["api", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"]
+        processes = [subprocess.Popen([sys.executable, "-m", "service.cli", *api], env=env)]
+        processes += [
+            subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env) for _ in range(workers)
+        ]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: _ready(url), 60, "two API processes")
+            yield url, redis
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(60)
+            redis.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _figures(wrk: dict) -> dict:
+    return {
+        "requests_per_second": round(wrk["requests_per_second"], 1),
+        "p50_ms": wrk["p50_us"] / 1000,
+        "p99_ms": wrk["p99_us"] / 1000,
+        "statuses": wrk["statuses"],
+        "socket_errors": wrk["socket_errors"],
+    }
+
+
+def measure(url: str, redis: Redis, seconds: int) -> dict[str, dict]:
+    """Each scenario right after its floor; figures and the ratio to that floor."""
+
+    def load(clients: int, method: str = "POST", path: str = "/buy") -> dict:
+        return _figures(run_wrk(url, seconds, CONNECTIONS, THREADS, clients, method, path))
+
+    def limited() -> dict:
+        for _ in range(10):  # spend the one client's bucket: every later request is a 429
+            httpx.post(f"{url}/buy", json={}, timeout=5)
+        return load(clients=0)
+
+    def sold_out() -> dict:
+        set_gate(redis, 1, 0)
+        return load(clients=20_000)
+
+    def admit() -> dict:
+        set_gate(redis, 1, 10**9)
+        return load(clients=200_000)
+
+    results = {}
+    scenarios = (("limited", limited, 429), ("sold_out", sold_out, 409), ("admit", admit, 202))
+    for name, run, expected in scenarios:
+        floor = load(clients=0, method="GET", path="/healthz")
+        figures = run()
+        unexpected = {s: n for s, n in figures["statuses"].items() if s != expected}
+        figures["ratio"] = round(figures["requests_per_second"] / floor["requests_per_second"], 3)
+        results[name] = {**figures, "floor": floor, "unexpected_statuses": unexpected}
+    return results
+
+
+def report(results: dict[str, dict]) -> list[str]:
+    """Print the table; return the targets missed."""
+    missed = []
+    print(f"{'scenario':<10} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'floor':>8} {'ratio':>6}  target")
+    for name, r in results.items():
+        least_ratio, least_rate, most_p99 = TARGETS[name]
+        wanted = []
+        if least_ratio is not None:
+            wanted.append(f">= {least_ratio} x floor")
+            if r["ratio"] < least_ratio:
+                missed.append(f"{name}: ratio {r['ratio']} < {least_ratio}")
+        if least_rate is not None:
+            wanted.append(f">= {least_rate:,.0f} req/s")
+            if r["requests_per_second"] < least_rate:
+                missed.append(f"{name}: {r['requests_per_second']:,.0f} req/s < {least_rate:,.0f}")
+        wanted.append(f"p99 <= {most_p99:g} ms")
+        if r["p99_ms"] > most_p99:
+            missed.append(f"{name}: p99 {r['p99_ms']:.1f} ms > {most_p99:g}")
+        print(
+            f"{name:<10} {r['requests_per_second']:>8,.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
+            f" {r['floor']['requests_per_second']:>8,.0f} {r['ratio']:>6.2f}  {', '.join(wanted)}"
+        )
+        if r["unexpected_statuses"] or r["socket_errors"]:
+            print(f"  other answers {r['unexpected_statuses']}, socket errors {r['socket_errors']}")
+    return missed
+
+
+def regressions(results: dict[str, dict], baseline: dict[str, dict]) -> list[str]:
+    """Scenarios whose ratio to the floor fell more than REGRESSION_TOLERANCE below the baseline's."""
+    return [
+        f"{name}: ratio {results[name]['ratio']} < {1 - REGRESSION_TOLERANCE:.0%} of {base['ratio']}"
+        for name, base in baseline.items()
+        if name in results and results[name]["ratio"] < (1 - REGRESSION_TOLERANCE) * base["ratio"]
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.paths", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per measurement instead of 10")
+    parser.add_argument("--check", type=Path, help="a baseline JSON: fail on a ratio 30 %% below it")
+    parser.add_argument("--save-baseline", type=Path, help="write this run's ratios as the baseline")
+    args = parser.parse_args(argv)
+    with two_api_processes(workers=2) as (url, redis):
+        results = measure(url, redis, seconds=3 if args.quick else 10)
+    missed = report(results)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"paths-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(), **results}, indent=2))
+    print(f"written: {out.relative_to(REPO_ROOT)}")
+    if missed:
+        print("targets not met: " + "; ".join(missed))
+    if args.save_baseline:
+        ratios = {name: {"ratio": r["ratio"]} for name, r in results.items()}
+        args.save_baseline.write_text(json.dumps(ratios, indent=2) + "\n")
+    if args.check:
+        failed = regressions(results, json.loads(args.check.read_text()))
+        if failed:
+            print("regressed: " + "; ".join(failed))
+            return 1
+        print(f"no ratio more than {REGRESSION_TOLERANCE:.0%} below {args.check}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
