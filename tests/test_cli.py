@@ -121,3 +121,31 @@ def test_dev_runs_the_whole_system_on_throwaway_servers_and_cleans_up(tmp_path):
     # Everything it started is gone: no server directories left, nothing serving the port.
     assert _throwaway_dirs() <= before
     assert not port_open("127.0.0.1", port)
+
+
+def test_api_processes_share_one_port_and_all_stop_on_sigterm(settings_env, fresh_db):
+    port = free_port()
+    command = ["api", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"]
+    api = subprocess.Popen([sys.executable, "-m", "service.cli", *command], env=settings_env)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), 60, "two API processes")
+        # uvicorn's supervisor, its resource tracker and the two workers: at least three children.
+        wait_until(lambda: len(_children(api.pid)) >= 2, 30, "two uvicorn worker processes")
+        children = _children(api.pid)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        api.send_signal(signal.SIGTERM)
+        assert api.wait(30) == 0
+    wait_until(lambda: not any(_running(pid) for pid in children), 10, "no process left behind")
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+def _running(pid: str) -> bool:
+    """Alive and not a zombie waiting for its (re)parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
