@@ -67,6 +67,12 @@ def number(page, name: str) -> int | None:
     return int(digits) if digits else None
 
 
+def milliseconds(page, name: str) -> float | None:
+    """A latency field ("38.6", "104", "1,204") as a number, or None while it shows "—"."""
+    digits = re.sub(r"[^\d.]", "", text(page, name))
+    return float(digits) if digits else None
+
+
 def recent_order_ids(page) -> list[str]:
     return page.locator("#recent tbody tr").evaluate_all("rows => rows.map(row => row.dataset.orderId)")
 
