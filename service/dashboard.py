@@ -30,12 +30,11 @@ from anyio import to_thread
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis import Redis
 from rq import Queue, worker_registration
-from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine, text
 
 from service.sale_stats import OUTCOMES, read_outcomes
 from service.stock_gate import gate_key
-from worker.queue import ADMITTED_KEY
+from worker.queue import ADMITTED_KEY, count_queue
 
 if TYPE_CHECKING:
     from service.resources import Resources
@@ -126,8 +125,7 @@ async def take_snapshot(resources: Resources) -> dict[str, Any]:
     redis = resources.redis
     queue = resources.queue
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.llen(queue.key)
-        pipe.zcount(StartedJobRegistry(queue=queue).key, now, "+inf")
+        count_queue(pipe, queue)
         pipe.zcard(ADMITTED_KEY)
         for product in products:
             pipe.get(gate_key(product["id"]))

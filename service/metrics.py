@@ -38,3 +38,9 @@ QUEUE_BACKLOG = Gauge(
     "workers busy with taken jobs are not scaled in.",
     ["queue"],
 )
+
+
+def set_queue_gauges(queue: str, waiting: int, running: int) -> None:
+    QUEUE_WAITING.labels(queue).set(waiting)
+    QUEUE_RUNNING.labels(queue).set(running)
+    QUEUE_BACKLOG.labels(queue).set(waiting + running)

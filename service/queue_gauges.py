@@ -10,31 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
+from rq import Queue
 
-from service.metrics import QUEUE_BACKLOG, QUEUE_RUNNING, QUEUE_WAITING
+from service.metrics import set_queue_gauges
+from worker.queue import count_queue
 
 log = logging.getLogger(__name__)
 QUEUE_SAMPLE_SECONDS = 2.0
 
 
-async def sample_queue(redis: aioredis.Redis, name: str, queue_key: str, started_key: str) -> None:
+async def sample_queue(redis: aioredis.Redis, queue: Queue) -> None:
     """Forever: set the gauges from the queue list and the live started-registry entries."""
     while True:
         try:
             with suppress_instrumentation():  # a sample every 2 s is not worth a trace each
                 async with redis.pipeline(transaction=False) as pipe:
-                    # Started entries are scored by when they expire: dead workers' do not count.
-                    pipe.llen(queue_key).zcount(started_key, time.time(), "+inf")
-                    waiting, running = await pipe.execute()
+                    count_queue(pipe, queue)
+                    counts = await pipe.execute()
         except (RedisError, OSError) as exc:  # readiness reports Redis; keep the last sample
             log.debug("queue sample skipped", extra={"error": type(exc).__name__})
         else:
-            QUEUE_WAITING.labels(name).set(waiting)
-            QUEUE_RUNNING.labels(name).set(running)
-            QUEUE_BACKLOG.labels(name).set(waiting + running)
+            set_queue_gauges(queue.name, *counts)
         await asyncio.sleep(QUEUE_SAMPLE_SECONDS)

@@ -191,8 +191,11 @@ class Limiter:
         """Every verdict passes here: count it, and tell the request's span."""
         outcome = "limited_cached" if verdict.cached else verdict.outcome.value
         LIMITER_DECISIONS.labels(route=route, outcome=outcome).inc()
+        span = trace.get_current_span()
+        if not span.is_recording():  # tracing off: build none of the attributes on the hot path
+            return verdict
         record(
-            trace.get_current_span(),
+            span,
             limiter_outcome=outcome,
             limiter_limits=[state.limit.name for state in verdict.states] or None,
             limiter_violated=verdict.violated or None,

@@ -18,7 +18,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine
 
 from db.session import make_engine
@@ -142,9 +141,7 @@ def resources_lifespan(settings: Settings):
             await check_no_eviction_async(resources.redis)
             tasks = [
                 asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out)),
-                asyncio.create_task(
-                    sample_queue(resources.redis, queue.name, queue.key, StartedJobRegistry(queue=queue).key)
-                ),
+                asyncio.create_task(sample_queue(resources.redis, queue)),
                 asyncio.create_task(flush_forever(resources.redis)),
             ]
         restore_signals = close_on_shutdown_signal(resources.dashboard)

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from prometheus_client import Counter, Histogram, start_http_server
 from redis import Redis
 from rq import Queue
-from rq.registry import StartedJobRegistry
 
 from db.orders import AdmittedOrder, Outcome
-from service.metrics import QUEUE_BACKLOG, QUEUE_RUNNING, QUEUE_WAITING
+from service.metrics import set_queue_gauges
+from worker.queue import count_queue
 
 ORDERS_DECIDED = Counter(
     "flashsale_orders_decided",
@@ -58,8 +58,5 @@ def observe_batch(orders: Mapping[object, AdmittedOrder], outcomes: Mapping[obje
 def sample_queue(connection: Redis, queue: Queue) -> None:
     """The queue gauges (also on the API), from this worker's view of Redis."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.llen(queue.key).zcount(StartedJobRegistry(queue=queue).key, time.time(), "+inf")
-        waiting, running = pipe.execute()
-    QUEUE_WAITING.labels(queue.name).set(waiting)
-    QUEUE_RUNNING.labels(queue.name).set(running)
-    QUEUE_BACKLOG.labels(queue.name).set(waiting + running)
+        count_queue(pipe, queue)
+        set_queue_gauges(queue.name, *pipe.execute())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import UTC, datetime
 
 from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
@@ -49,6 +51,13 @@ JOB_OPTIONS = {
 
 def order_queue(connection: Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer)
+
+
+def count_queue(pipe, queue: Queue) -> None:
+    """Queue on ``pipe`` (sync or asyncio) two replies: jobs waiting, and jobs running now.
+    Started entries are scored by when they expire, so a dead worker's do not count."""
+    pipe.llen(queue.key)
+    pipe.zcount(StartedJobRegistry(queue=queue).key, time.time(), "+inf")
 
 
 def pending_key(product_id: int) -> str:
