@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", type=Path, help="a baseline JSON: fail on a ratio 30 %% below it")
     parser.add_argument("--save-baseline", type=Path, help="write this run's ratios as the baseline")
     args = parser.parse_args(argv)
-    with two_api_processes(workers=2) as (url, redis):
+    with two_api_processes(workers=0) as (url, redis):
         results = measure(url, redis, seconds=3 if args.quick else 10)
     missed = report(results)
     RESULTS.mkdir(exist_ok=True)

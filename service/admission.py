@@ -18,7 +18,7 @@ from service.identity import ClientIdentity
 from service.ratelimit import Plan, Verdict
 from service.resources import Resources
 from service.stock_gate import gate_key, sale_key
-from service.tracing import record, trace_carrier, tracer
+from service.tracing import record, trace_carrier, tracer, tracing_on
 from worker.queue import ADMITTED_KEY, job_arguments, job_key, order_job_id, pending_key
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -83,6 +83,8 @@ async def admit(
     The call is one span; the order's job carries its context, so the worker's span joins
     the same trace."""
     order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
+    if not tracing_on():  # no span machinery on the hot path when nothing records it
+        return await _run_admit_script(resources, client, plan, order, idempotency_key)
     with tracer.start_as_current_span("flashsale.admit") as span:
         admission = await _run_admit_script(resources, client, plan, order, idempotency_key)
         record(
@@ -129,9 +131,9 @@ async def _run_admit_script(
         len(plan.keys) if plan else 0,
         *limit_args,
         json.dumps(arguments),
-        *resources.job_fields.for_order(order, arguments, trace_carrier()),
+        *resources.job_fields.for_order(order, arguments, trace_carrier() if tracing_on() else None),
     ]
-    reply = await resources.scripts.admit(keys=keys, args=args)
+    reply = await resources.admit_script(keys=keys, args=args, tail=resources.job_fields.constant)
     decision = Decision(int(reply[0]))
     verdict = None
     if plan is not None and decision not in (Decision.REPLAY, Decision.KEY_REUSED):

@@ -5,15 +5,14 @@ Building the app connects to nothing; clients open in the lifespan.
 
 from __future__ import annotations
 
-from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from service.errors import EXCEPTION_HANDLERS, problem_details_plugin
-from service.request_log import request_log_middleware
+from service.front_door import FlashsaleApp
 from service.resources import provide_resources, resources_lifespan
 from service.routes.admin import AdminController
 from service.routes.buy import buy
@@ -21,11 +20,9 @@ from service.routes.dashboard import DashboardPlugin
 from service.routes.health import healthz, readyz
 from service.routes.orders import get_order
 from service.routes.products import get_product
+from service.schemas import MAX_BODY_BYTES
 from service.settings import Settings, get_settings
 from service.tracing import configure_tracing
-
-MAX_BODY_BYTES = 16 * 1024
-"""A /buy body is a few dozen bytes; anything near this is not a purchase."""
 
 
 def _cors(settings: Settings) -> CORSConfig | None:
@@ -42,10 +39,10 @@ def _cors(settings: Settings) -> CORSConfig | None:
 UNTRACED_PATHS = ["/metrics", "/healthz", "/readyz", "/dashboard"]
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None) -> FlashsaleApp:
     settings = settings or get_settings()
     plugins = [problem_details_plugin()]
-    plugins.append(DashboardPlugin())  # /dashboard, and the /buy outcome counter it shows
+    plugins.append(DashboardPlugin())
     on_shutdown = []
     tracer_provider = configure_tracing("flashsale-api")
     if tracer_provider is not None:
@@ -53,20 +50,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider, exclude=UNTRACED_PATHS))
         )
         on_shutdown.append(tracer_provider.force_flush)  # spans of the last requests leave too
-    prometheus = PrometheusConfig(
-        app_name="flashsale",
-        prefix="flashsale",
-        group_path=True,
-        exclude=UNTRACED_PATHS,
-    )
-    return Litestar(
+    return FlashsaleApp(
         route_handlers=[buy, get_order, get_product, healthz, readyz, AdminController, PrometheusController],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
         lifespan=[resources_lifespan(settings)],
         plugins=plugins,
         on_shutdown=on_shutdown,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[prometheus.middleware, request_log_middleware(settings.request_log_level)],
+        request_log_level=settings.request_log_level,
         cors_config=_cors(settings),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="flashsale", version="0.1.0"),

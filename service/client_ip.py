@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 from service.settings import IPNetwork
 
+KNOWN_ADDRESSES = 65_536
+"""Addresses whose parse is remembered: the peers (a few ingress pods) and the busiest clients."""
 
-def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+
+@lru_cache(maxsize=KNOWN_ADDRESSES)
+def _address(text: str, trusted: tuple[IPNetwork, ...]) -> tuple[str, bool] | None:
+    """``text`` as a normalized address and whether it is one of ``trusted``; None when it is
+    no address. Cached: parsing is most of what resolving a client costs on the hot path."""
     try:
-        return ipaddress.ip_address(address.strip())
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
-
-
-def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[IPNetwork]) -> bool:
-    return any(address in network for network in trusted)
+    return str(address), any(address in network for network in trusted)
 
 
 def is_trusted_peer(peer: str, trusted: Sequence[IPNetwork]) -> bool:
-    address = _parse(peer)
-    return address is not None and _trusted(address, trusted)
+    address = _address(peer, tuple(trusted))
+    return address is not None and address[1]
 
 
 def resolve_client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]) -> str:
@@ -32,18 +36,19 @@ def resolve_client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence
     do not trust, since anything left of it may be forged by the client. A peer we do not
     trust gets no say at all, and a malformed hop ends the walk at the last trusted one.
     """
-    peer_address = _parse(peer)
+    trusted = tuple(trusted)
+    peer_address = _address(peer, trusted)
     if peer_address is None:
         return peer
-    client = peer_address
-    if not _trusted(client, trusted):
-        return str(client)
+    client, believed = peer_address
+    if not believed:
+        return client
     hops = [hop for value in forwarded_for for hop in value.split(",")]
     for hop in reversed(hops):
-        address = _parse(hop)
+        address = _address(hop, trusted)
         if address is None:
             break
-        client = address
-        if not _trusted(address, trusted):
+        client, believed = address
+        if not believed:
             break
-    return str(client)
+    return client

@@ -6,6 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import (
@@ -39,6 +40,16 @@ def problem(
     )
 
 
+def problem_body(exc: ProblemDetailsException) -> bytes:
+    """The JSON body Litestar renders for ``exc``, for answers made outside a route handler."""
+    document: dict[str, Any] = {"status": exc.status_code, "type": exc.type_, "title": exc.title}
+    if exc.detail is not None:
+        document["detail"] = exc.detail
+    if isinstance(exc.extra, dict):
+        document.update(exc.extra)
+    return msgspec.json.encode(document)
+
+
 def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     # Router 404/405 and framework errors keep their status; "about:blank" per RFC 9457.
     return ProblemDetailsException(
@@ -59,20 +70,29 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     )
 
 
-def _unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("dependency unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+def unavailable_problem(path: str, exc: Exception) -> ProblemDetailsException:
+    """Redis or PostgreSQL failed: a 503 the client may retry soon."""
+    log.warning("dependency unavailable", extra={"path": path, "error": type(exc).__name__})
     return problem(
         503,
         "unavailable",
         "A backing service is unavailable; try again shortly.",
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-    ).to_response(request)
+    )
+
+
+def internal_problem(path: str, exc: Exception) -> ProblemDetailsException:
+    """A bug: logged with its traceback for us (call it inside ``except``); the client sees no internals."""
+    log.exception("unhandled error", extra={"path": path})
+    return problem(500, "internal", "Something went wrong on our side.")
+
+
+def _unavailable(request: Request, exc: Exception) -> Response:
+    return unavailable_problem(request.url.path, exc).to_response(request)
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
-    # Logged with its traceback for us; the client sees no internals.
-    log.exception("unhandled error", extra={"path": request.url.path})
-    return problem(500, "internal", "Something went wrong on our side.").to_response(request)
+    return internal_problem(request.url.path, exc).to_response(request)
 
 
 def problem_details_plugin() -> ProblemDetailsPlugin:

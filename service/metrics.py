@@ -1,8 +1,16 @@
-"""Prometheus metrics of our own (request counts and latency come from Litestar's plugin)."""
+"""Prometheus metrics of the API process (the worker's are in worker/metrics.py)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUEST_LABELS = ["method", "path", "status_code", "app_name"]
+"""``path`` is the route's template (``/orders/{order_id}``), never the raw path."""
+REQUESTS = Counter("flashsale_requests", "HTTP requests answered.", REQUEST_LABELS)
+REQUEST_SECONDS = Histogram(
+    "flashsale_request_duration_seconds", "Time from a request's arrival to its answer.", REQUEST_LABELS
+)
+REQUEST_ERRORS = Counter("flashsale_requests_error", "HTTP requests answered with a 5xx.", REQUEST_LABELS)
 
 LIMITER_DECISIONS = Counter(
     "flashsale_limiter_decisions",

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 from opentelemetry import trace
 from redis.exceptions import RedisError
@@ -190,7 +191,7 @@ class Limiter:
     def _count(route: str, verdict: Verdict) -> Verdict:
         """Every verdict passes here: count it, and tell the request's span."""
         outcome = "limited_cached" if verdict.cached else verdict.outcome.value
-        LIMITER_DECISIONS.labels(route=route, outcome=outcome).inc()
+        _decisions(route, outcome).inc()
         span = trace.get_current_span()
         if not span.is_recording():  # tracing off: build none of the attributes on the hot path
             return verdict
@@ -202,6 +203,12 @@ class Limiter:
             limiter_remaining=min((state.remaining for state in verdict.states), default=None),
         )
         return verdict
+
+
+@cache
+def _decisions(route: str, outcome: str):
+    """The counter child of one route and outcome, looked up once (both sets are small)."""
+    return LIMITER_DECISIONS.labels(route=route, outcome=outcome)
 
 
 def ratelimit_headers(verdict: Verdict, legacy: bool = False) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,8 +22,9 @@ from rq import Queue
 from sqlalchemy import Engine
 
 from db.session import make_engine
+from service.auto_pipeline import CoalescedScript
 from service.dashboard import DashboardFeed, close_on_shutdown_signal
-from service.lua import Scripts, load_scripts
+from service.lua import load_scripts, script_source
 from service.queue_gauges import sample_queue
 from service.queue_redis import check_no_eviction_async
 from service.ratelimit import Limiter
@@ -50,7 +52,8 @@ class Resources:
         self.settings = settings
         self.redis = redis
         """Main Redis: stock gate, order jobs."""
-        self.scripts: Scripts = load_scripts(redis, settings.lua_dir)
+        self.admit_script = CoalescedScript(redis, script_source("admit", settings.lua_dir))
+        """lua/admit.lua; the calls of concurrent requests share pipelines."""
         self.limiter_redis = limiter_redis
         self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir).token_buckets, settings)
         self.queue = queue
@@ -145,6 +148,9 @@ def resources_lifespan(settings: Settings):
                 asyncio.create_task(flush_forever(resources.redis)),
             ]
         restore_signals = close_on_shutdown_signal(resources.dashboard)
+        # Everything built so far lives as long as the process: out of the collector's sight,
+        # so full collections under load do not walk the whole framework again and again.
+        gc.freeze()
         try:
             yield
         finally:

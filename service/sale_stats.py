@@ -6,8 +6,8 @@ request path) and flushes them once a second in one pipeline of ``HINCRBY fs:sta
 second> <outcome> n``; any pod's dashboard then reads the same hashes and sees the cluster.
 
 Outcomes are a bounded set taken from the final HTTP status, which is why they are counted in
-an ASGI middleware: 429s and problem details come from exception handlers a route hook never
-sees.
+``service.front_door``, outside Litestar: it sees every answer, 429s and problem details from
+exception handlers and the cheap no's included.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Iterable
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
@@ -109,40 +108,8 @@ async def flush_forever(redis: aioredis.Redis, counter: OutcomeCounter = OUTCOME
             log.debug("sale stats flush skipped", extra={"error": type(exc).__name__})
 
 
-def _replayed(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+def replayed_in(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return any(name.lower() == _REPLAYED_HEADER for name, _ in headers)
-
-
-def count_buy_outcomes(app: ASGIApp) -> ASGIApp:
-    """ASGI middleware: count each ``POST /buy`` answer by its final status.
-
-    Litestar builds the middleware stack per route, so the path template is already known
-    here; every other route passes straight through."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("path_template") != BUY_PATH or scope.get("method") != "POST":
-            await app(scope, receive, send)
-            return
-        started = False
-
-        async def counting_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start" and not started:
-                started = True
-                status = message["status"]
-                outcome = outcome_of(status, status == 202 and _replayed(message.get("headers", ())))
-                if outcome:
-                    OUTCOME_COUNTS.count(outcome)
-            await send(message)
-
-        try:
-            await app(scope, receive, send if scope["type"] != "http" else counting_send)
-        except Exception:
-            if not started:  # uvicorn answers 500 for what escapes the app
-                OUTCOME_COUNTS.count("failed")
-            raise
-
-    return middleware
 
 
 async def read_outcomes(redis: aioredis.Redis, first: int, last: int) -> list[dict[str, int]]:

@@ -9,6 +9,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+MAX_BODY_BYTES = 16 * 1024
+"""A /buy body is a few dozen bytes; anything near this is not a purchase."""
 MAX_QUANTITY = 100
 """More than this in one order is a client bug, not a purchase."""
 MAX_ID = 2**31 - 1

@@ -21,6 +21,7 @@ from opentelemetry.trace import Span
 
 EXPORTERS = ("otlp", "console", "none")
 tracer = trace.get_tracer("flashsale")
+_installed: TracerProvider | None = None
 
 
 class TracingError(ValueError):
@@ -41,8 +42,10 @@ def configure_tracing(default_service_name: str, trace_redis: bool = True) -> Tr
     ``trace_redis`` is off in workers: RQ's own polling would make a root span every few
     seconds; their database work is what their traces show."""
     exporter_name = chosen_exporter()
+    global _installed
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
+        _installed = current
         return current
     if exporter_name == "none":
         return None
@@ -50,6 +53,7 @@ def configure_tracing(default_service_name: str, trace_redis: bool = True) -> Tr
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(_exporter(exporter_name)))
     trace.set_tracer_provider(provider)
+    _installed = provider
     if trace_redis:
         RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
@@ -70,6 +74,12 @@ def _exporter(name: str):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
+
+
+def tracing_on() -> bool:
+    """True once configure_tracing installed a tracer provider in this process. A flag, not
+    ``trace.get_tracer_provider()``, which reads os.environ on every call while none is set."""
+    return _installed is not None
 
 
 def trace_carrier() -> dict[str, str]:

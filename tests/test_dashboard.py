@@ -25,7 +25,6 @@ from service.sale_stats import (
     OUTCOMES,
     STATS_TTL_SECONDS,
     OutcomeCounter,
-    count_buy_outcomes,
     outcome_of,
     stats_key,
 )
@@ -116,47 +115,6 @@ def test_a_failed_flush_keeps_the_counts_for_the_next_one(redis_url, redis):
 
     assert asyncio.run(flush_to_nowhere_then_to_redis()) == 1
     assert redis.hgetall(stats_key(now)) == {b"admitted": b"1"}
-
-
-def test_counting_costs_a_few_microseconds_a_request_and_counts_what_escapes_the_app():
-    async def answer(scope, receive, send):
-        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-type", b"x")]})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    async def crash(scope, receive, send):
-        raise RuntimeError("boom")
-
-    async def receive():
-        return {"type": "http.request"}
-
-    async def send(message):
-        pass
-
-    buy = {"type": "http", "method": "POST", "path_template": "/buy"}
-    rounds = 20_000
-
-    async def seconds_for(app) -> float:
-        started = time.perf_counter()
-        for _ in range(rounds):
-            await app(buy, receive, send)
-        return time.perf_counter() - started
-
-    async def measure():
-        bare = min([await seconds_for(answer) for _ in range(3)])
-        counted = min([await seconds_for(count_buy_outcomes(answer)) for _ in range(3)])
-        with pytest.raises(RuntimeError):
-            await count_buy_outcomes(crash)(buy, receive, send)
-        return (counted - bare) / rounds * 1e6
-
-    OUTCOME_COUNTS.take()
-    overhead_us = asyncio.run(measure())
-    counted = Counter()
-    for (_, outcome), n in OUTCOME_COUNTS.take().items():
-        counted[outcome] += n
-    assert counted == {"admitted": 3 * rounds, "failed": 1}
-    print(f"outcome counting: {overhead_us:.2f} µs a request")
-    # A /buy takes about a millisecond end to end; the counter must stay far below it.
-    assert overhead_us < 25, f"{overhead_us:.1f} µs a request"
 
 
 # --- in process: the API with its middleware, the snapshot -----------------------------------

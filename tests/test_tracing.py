@@ -44,7 +44,8 @@ def test_one_buy_is_one_trace_from_the_api_through_the_queue_to_the_database(sys
         trace_id = admit_span().trace_id
         wait_until(
             lambda: (
-                any(s.service == "flashsale-worker" for s in receiver.trace(trace_id))
+                # The job's span ends (and leaves) after the SQL spans inside it.
+                any(s.name == "flashsale.apply_order" for s in receiver.trace(trace_id))
                 and any(s.attributes.get("db.system") == "postgresql" for s in receiver.trace(trace_id))
             ),
             30,

@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
 from db.orders import AdmittedOrder
+from service.auto_pipeline import PackedArgs
 from service.tracing import trace_carrier
 
 QUEUE_NAME = "orders"
@@ -39,6 +40,9 @@ def jittered_backoff() -> list[int]:
     that failed together when PostgreSQL went away do not all come back in the same second."""
     return [round(wait * random.uniform(0.5, 1.5)) for wait in RETRY_BACKOFF_SECONDS]
 
+
+JITTER_DRAWS = 256
+"""Retry schedules drawn once per process; each order job takes one of them at random."""
 
 JOB_OPTIONS = {
     "result_ttl": RESULT_TTL_SECONDS,
@@ -122,28 +126,33 @@ class OrderJobFields:
         template._status = JobStatus.QUEUED  # what Queue.enqueue sets before saving
         fields = template.to_dict()
         # As RQ's own unique-enqueue script is fed: text values as they are, others as str().
-        self._constant = [
-            x if isinstance(x, str | bytes) else str(x)
-            for k, v in fields.items()
-            if k not in self.PER_ORDER and v is not None
-            for x in (k, v)
-        ]
+        self.constant = PackedArgs.of(
+            [
+                x if isinstance(x, str | bytes) else str(x)
+                for k, v in fields.items()
+                if k not in self.PER_ORDER and v is not None
+                for x in (k, v)
+            ]
+        )
+        """The fields every order job shares, encoded once: the call appends them as they are."""
         self._serializer = queue.serializer
+        self._retry_intervals = [json.dumps(jittered_backoff()) for _ in range(JITTER_DRAWS)]
 
     def for_order(
         self, order: AdmittedOrder, arguments: list, trace: dict[str, str] | None = None
     ) -> list[str | bytes]:
-        """The job's fields; ``arguments`` are ``job_arguments(order)``, computed once by the
-        caller; ``trace`` (W3C trace headers) becomes the job's meta, for the worker's span."""
-        stamp = utcformat(datetime.now(UTC))
+        """The fields of this order's job but the ``constant`` ones; ``arguments`` are
+        ``job_arguments(order)``, computed once by the caller; ``trace`` (W3C trace headers)
+        becomes the job's meta, for the worker's span."""
+        stamp = utcformat(order.admitted_at)
         data = self._serializer.dumps((JOB_FUNCTION, None, arguments, {}))
         per_order = {
             "data": data,
             "created_at": stamp,
             "enqueued_at": stamp,
             "description": _description(order),
-            "retry_intervals": json.dumps(jittered_backoff()),
+            "retry_intervals": random.choice(self._retry_intervals),
         }
         if trace:
             per_order["meta"] = self._serializer.dumps(trace)
-        return self._constant + [item for pair in per_order.items() for item in pair]
+        return [item for pair in per_order.items() for item in pair]

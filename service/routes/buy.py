@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 from anyio import to_thread
 from litestar import Request, Response, post
-from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
@@ -83,15 +82,16 @@ _REFUSALS = {
 }
 
 
-def _sold_out(product_id: int, headers: dict[str, str]):
+def sold_out_problem(product_id: int, headers: dict[str, str]):
     return problem(409, "sold-out", f"Product {product_id} is sold out.", headers=headers)
 
 
-@post("/buy", status_code=202, summary="Buy a product", operation_id="buy")
-async def buy(
-    request: Request, resources: NamedDependency[Resources], data: JSONBody[BuyRequest | None] = None
-) -> Response[BuyAccepted]:
-    wanted = data or BuyRequest()
+async def decide_buy(
+    resources: Resources, request: Request, wanted: BuyRequest
+) -> tuple[BuyAccepted, dict[str, str]]:
+    """Everything ``POST /buy`` decides, for the Litestar route and ``service.fast_buy`` alike:
+    the accepted order and the headers of its 202, or a raised problem (400, 409, 422, 429, 503).
+    Only the body's parsing differs between the two."""
     key = idempotency_key_of(request)
     limiter = resources.limiter
     if limiter.shares_main_redis:
@@ -105,7 +105,7 @@ async def buy(
         plan = None
 
     if resources.sold_out.is_sold_out(wanted.product_id):
-        raise _sold_out(wanted.product_id, {})
+        raise sold_out_problem(wanted.product_id, {})
     admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, plan)
     verdict = admission.verdict
     headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers) if verdict else {}
@@ -128,7 +128,7 @@ async def buy(
     if admission.decision is Decision.NOT_ENOUGH_STOCK:
         if admission.left == 0:
             resources.sold_out.latch(wanted.product_id)
-            raise _sold_out(wanted.product_id, headers)
+            raise sold_out_problem(wanted.product_id, headers)
         raise problem(
             409,
             "insufficient-stock",
@@ -140,6 +140,11 @@ async def buy(
     headers["Location"] = status_url
     if admission.decision is Decision.REPLAY:
         headers["Idempotent-Replayed"] = "true"
-    return Response(
-        BuyAccepted(order_id=admission.order_id, status_url=status_url), status_code=202, headers=headers
-    )
+    return BuyAccepted(order_id=admission.order_id, status_url=status_url), headers
+
+
+@post("/buy", status_code=202, summary="Buy a product", operation_id="buy")
+async def buy(request: Request, data: JSONBody[BuyRequest | None] = None) -> Response[BuyAccepted]:
+    """The documented route; ``service.fast_buy`` answers the plain requests before it."""
+    accepted, headers = await decide_buy(request.app.state.resources, request, data or BuyRequest())
+    return Response(accepted, status_code=202, headers=headers)

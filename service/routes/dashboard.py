@@ -24,9 +24,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
 from service.dashboard import FRESH_SECONDS
-from service.errors import PROBLEM_TYPE_PREFIX, problem
+from service.errors import problem, problem_body
 from service.resources import Resources
-from service.sale_stats import count_buy_outcomes
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -35,14 +34,11 @@ RECONNECT_MS = 2000
 """What EventSource waits before reconnecting (to any pod behind the load balancer)."""
 
 
-def _unavailable_problem(exc: Exception) -> dict[str, Any]:
+def _unavailable_problem(exc: Exception) -> str:
     # Sent inside the stream, where no HTTP status can change any more: the same RFC 9457 body.
-    return {
-        "type": PROBLEM_TYPE_PREFIX + "unavailable",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": f"A backing service is unavailable ({type(exc).__name__}); retrying.",
-    }
+    return problem_body(
+        problem(503, "unavailable", f"A backing service is unavailable ({type(exc).__name__}); retrying.")
+    ).decode()
 
 
 async def snapshot_events(resources: Resources) -> AsyncIterator[ServerSentEventMessage]:
@@ -54,7 +50,7 @@ async def snapshot_events(resources: Resources) -> AsyncIterator[ServerSentEvent
             snapshot = await feed.snapshot()
         except (RedisError, OperationalError, OSError) as exc:
             log.warning("dashboard snapshot failed", extra={"error": type(exc).__name__})
-            yield ServerSentEventMessage(event="problem", data=json.dumps(_unavailable_problem(exc)))
+            yield ServerSentEventMessage(event="problem", data=_unavailable_problem(exc))
         else:
             yield ServerSentEventMessage(event="snapshot", data=json.dumps(snapshot, separators=(",", ":")))
         with contextlib.suppress(TimeoutError):  # the usual way out: a second has passed
@@ -101,11 +97,9 @@ class DashboardController(Controller):
 
 
 class DashboardPlugin(InitPluginProtocol):
-    """The dashboard's routes, and the middleware that counts the ``POST /buy`` outcomes it
-    shows (innermost of the app's middleware, still outside the exception handlers, so it
-    sees the final status of every answer)."""
+    """The dashboard's routes (the ``POST /buy`` outcomes it shows are counted by
+    ``service.front_door``, which sees every answer, the cheap no's included)."""
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.append(DashboardController)
-        app_config.middleware.append(count_buy_outcomes)
         return app_config

@@ -1,0 +1,120 @@
+"""The layer in front of Litestar's router: the cheap no (429 from the deny cache, 409 from the
+sold-out latch, no Redis call at all) and the accounting every answer gets."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from litestar.testing import TestClient
+from prometheus_client import REGISTRY
+
+from service.app import create_app
+from service.sale_stats import OUTCOME_COUNTS
+from service.settings import settings_from_env
+from service.stock_gate import gate_key
+
+
+def _redis_commands(redis) -> int:
+    """Commands Redis has run, not counting the INFO calls that read this."""
+    stats = redis.info("commandstats")
+    return sum(s["calls"] for name, s in stats.items() if name != "cmdstat_info")
+
+
+def _requests(status: int, path: str = "/buy", method: str = "POST") -> float:
+    labels = {"method": method, "path": path, "status_code": str(status), "app_name": "flashsale"}
+    return REGISTRY.get_sample_value("flashsale_requests_total", labels) or 0.0
+
+
+@pytest.fixture
+def client(settings, fresh_db):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _limited(client) -> list:
+    """Spend this client's five tokens; the answers after the first 429 come from memory."""
+    answers = [client.post("/buy", json={}) for _ in range(6)]
+    assert [a.status_code for a in answers] == [202] * 5 + [429]
+    return answers
+
+
+def _without_volatile(headers) -> dict:
+    return {k: v for k, v in headers.items() if k not in ("date", "ratelimit", "retry-after")}
+
+
+def test_a_cached_429_calls_no_redis_and_reads_like_the_full_paths(client, redis):
+    from_redis = _limited(client)[-1]
+    before, counted = _redis_commands(redis), _requests(429)
+    cached = [client.post("/buy", json={}) for _ in range(20)]
+    assert _redis_commands(redis) == before
+    assert {a.status_code for a in cached} == {429}
+    for answer in cached:
+        assert answer.json() == from_redis.json()
+        assert _without_volatile(answer.headers) == _without_volatile(from_redis.headers)
+        assert 1 <= int(answer.headers["retry-after"]) <= int(from_redis.headers["retry-after"])
+    assert _requests(429) == counted + 20
+
+
+def test_a_latched_sold_out_409_calls_no_redis_and_reads_like_the_full_paths(client, redis):
+    redis.set(gate_key(1), 0)
+    from_redis = client.post("/buy", json={"product_id": 1})
+    assert from_redis.status_code == 409
+    before = _redis_commands(redis)
+    latched = [client.post("/buy", json={"product_id": 1}) for _ in range(3)] + [client.post("/buy")]
+    assert _redis_commands(redis) == before
+    for answer in latched:
+        assert (answer.status_code, answer.json()) == (409, from_redis.json())
+        assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_what_the_latch_layer_read_reaches_the_full_path(client, redis, fresh_db):
+    redis.set(gate_key(1), 0)
+    assert client.post("/buy", json={"product_id": 1}).status_code == 409  # product 1 latched
+    unknown = client.post("/buy", json={"product_id": 2})
+    assert unknown.status_code == 422 and unknown.json()["product_id"] == 2  # its body was replayed
+    bad = client.post("/buy", content=b'{"quantity": 0}', headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["type"] == "urn:flashsale:problem:invalid-request"
+    assert client.post("/buy", content=b"{not json").status_code == 400
+
+
+def test_requests_the_cheap_no_is_unsure_about_go_the_full_way(client):
+    _limited(client)
+    bad_key = client.post("/buy", json={}, headers={"idempotency-key": "x" * 300})
+    assert bad_key.status_code == 400
+    assert bad_key.json()["type"] == "urn:flashsale:problem:invalid-idempotency-key"
+
+
+def test_a_browsers_cached_429_still_carries_cors_headers(settings_env, fresh_db):
+    settings = settings_from_env({**settings_env, "FLASHSALE_CORS_ORIGINS": "https://shop.example"})
+    with TestClient(create_app(settings)) as client:
+        origin = {"origin": "https://shop.example"}
+        answers = [client.post("/buy", json={}, headers=origin) for _ in range(7)]
+        assert [a.status_code for a in answers] == [202] * 5 + [429] * 2
+        assert answers[-1].headers["access-control-allow-origin"] == "https://shop.example"
+
+
+def test_every_answer_is_counted_and_logged_once_by_route_template(client, caplog):
+    caplog.set_level(logging.DEBUG, logger="flashsale.requests")
+    OUTCOME_COUNTS.take()
+    before = {
+        "order": _requests(404, "/orders/{order_id}", "GET"),
+        "unmatched": _requests(404, "unmatched", "GET"),
+        "limited": _requests(429),
+    }
+    assert client.get("/orders/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert client.get("/no/such/route").status_code == 404
+    _limited(client)
+    assert client.post("/buy", json={}).status_code == 429  # from memory
+    assert _requests(404, "/orders/{order_id}", "GET") == before["order"] + 1
+    assert _requests(404, "unmatched", "GET") == before["unmatched"] + 1
+    assert _requests(429) == before["limited"] + 2
+    outcomes = {outcome: n for (_, outcome), n in OUTCOME_COUNTS.take().items()}
+    assert outcomes == {"admitted": 5, "limited": 2}
+    lines = [r for r in caplog.records if r.name == "flashsale.requests"]
+    assert [(r.method, r.status) for r in lines] == [("GET", 404)] * 2 + [("POST", 202)] * 5 + [
+        ("POST", 429)
+    ] * 2
+    assert "/no/such/route" in {r.path for r in lines}
+    assert client.get("/healthz").status_code == 200  # probes: neither counted nor logged
+    assert len([r for r in caplog.records if r.name == "flashsale.requests"]) == len(lines)
