@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from service.metrics import PIPELINE_CALLS
 from service.tracing import tracer, tracing_on
 
 MAX_BATCH = 256
@@ -59,8 +60,9 @@ class CoalescedScript:
     """``await script(keys=…, args=…, tail=…)``, like redis-py's ``AsyncScript`` (EVALSHA,
     loading the script when Redis does not know it: a restart, a flush)."""
 
-    def __init__(self, client: aioredis.Redis, source: str) -> None:
+    def __init__(self, client: aioredis.Redis, source: str, name: str) -> None:
         self._client = client
+        self._calls_per_write = PIPELINE_CALLS.labels(name)
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._waiting: list[tuple[bytes, asyncio.Future]] = []
@@ -125,6 +127,7 @@ class CoalescedScript:
             return await self._write_and_read(commands)
 
     async def _write_and_read(self, commands: list[bytes]) -> list[Any]:
+        self._calls_per_write.observe(len(commands))
         pool = self._client.connection_pool
         connection = await pool.get_connection()
         try:

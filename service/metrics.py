@@ -12,6 +12,12 @@ REQUEST_SECONDS = Histogram(
 )
 REQUEST_ERRORS = Counter("flashsale_requests_error", "HTTP requests answered with a 5xx.", REQUEST_LABELS)
 
+PIPELINE_CALLS = Histogram(
+    "flashsale_redis_pipeline_calls",
+    "Script calls per auto-pipelined write to Redis (how much concurrent requests share).",
+    ["script"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 LIMITER_DECISIONS = Counter(
     "flashsale_limiter_decisions",
     "Rate-limiter decisions by route and outcome "

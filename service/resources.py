@@ -52,7 +52,7 @@ class Resources:
         self.settings = settings
         self.redis = redis
         """Main Redis: stock gate, order jobs."""
-        self.admit_script = CoalescedScript(redis, script_source("admit", settings.lua_dir))
+        self.admit_script = CoalescedScript(redis, script_source("admit", settings.lua_dir), name="admit")
         """lua/admit.lua; the calls of concurrent requests share pipelines."""
         self.limiter_redis = limiter_redis
         self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir).token_buckets, settings)

@@ -33,9 +33,6 @@ class SoldOutLatch:
         self._until[product_id] = self._clock() + LATCH_SECONDS
         SOLD_OUT_LATCHED.set(len(self._until))
 
-    def any_latched(self) -> bool:
-        return bool(self._until)
-
     def is_sold_out(self, product_id: int) -> bool:
         until = self._until.get(product_id)
         if until is None:

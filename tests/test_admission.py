@@ -12,6 +12,7 @@ from service.admission import Decision, admit
 from service.identity import ClientIdentity
 from service.resources import close_resources, open_resources
 from service.stock_gate import gate_key, set_gate
+from service.throwaway import free_port
 from tests.support.database import order_rows, product_state
 from worker.queue import enqueue_order, order_job_id, order_queue
 from worker.runner import OrderWorker
@@ -162,3 +163,33 @@ def test_a_stock_rq_worker_runs_the_jobs_admit_writes(settings, redis, fresh_db,
     assert set(order_rows(fresh_db)) == set(admitted)
     assert product_state(fresh_db)[0] == 95
     assert FailedJobRegistry(queue=order_queue(redis)).count == 0
+
+
+def test_a_batch_decides_its_mates_at_once_and_their_own_jobs_touch_no_database(
+    settings, redis, fresh_db, worker_env
+):
+    """One job claims the orders admitted behind it; clients see them decided at once, and
+    their jobs, run later, find nothing left to do (PostgreSQL is away and they still finish)."""
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+    from worker.jobs import DECIDED_EARLIER
+
+    async def body(resources):
+        return [await _admit(resources, _client(f"10.2.0.{i}")) for i in range(4)]
+
+    first, *mates = [a.order_id for a in _run(settings, body)]
+    queue = order_queue(redis)
+    worker_env()
+    first_job = Job.fetch(order_job_id(first), connection=redis, serializer=queue.serializer)
+    assert first_job.perform()["status"] == "confirmed"
+    assert set(order_rows(fresh_db)) == {first, *mates}
+    with TestClient(create_app(settings)) as client:
+        for order_id in mates:  # their jobs still wait in the queue
+            assert Job.fetch(order_job_id(order_id), connection=redis).get_status() == "queued"
+            assert client.get(f"/orders/{order_id}").json()["status"] == "confirmed"
+
+    worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    for order_id in mates:
+        job = Job.fetch(order_job_id(order_id), connection=redis, serializer=queue.serializer)
+        assert job.perform() == {"status": DECIDED_EARLIER, "reason": None}

@@ -9,7 +9,7 @@ from db.orders import AdmittedOrder
 from service.throwaway import free_port
 from tests.support.cli import run_cli
 from tests.support.database import order_rows
-from worker.queue import JOB_FUNCTION, job_arguments, order_job_id, order_queue
+from worker.queue import ADMITTED_KEY, JOB_FUNCTION, job_arguments, order_job_id, order_queue
 from worker.runner import OrderWorker
 
 
@@ -22,7 +22,9 @@ def test_a_job_that_gave_up_while_postgresql_was_away_is_listed_and_requeued(
 ):
     queue = order_queue(redis)
     order = AdmittedOrder(uuid.uuid4(), 1, 2, "203.0.113.7", datetime.now(UTC))
-    # No retries left to spend: the job's first failure is its last.
+    # Admitted as admit.lua admits (fs:admitted), but with no retries left to spend: the job's
+    # first failure is its last.
+    redis.zadd(ADMITTED_KEY, {order_job_id(str(order.order_id)): int(order.admitted_at.timestamp() * 1000)})
     queue.enqueue_call(
         JOB_FUNCTION,
         args=job_arguments(order),

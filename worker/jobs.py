@@ -23,6 +23,8 @@ from worker.metrics import JOB_RETRIES, observe_batch
 from worker.queue import ADMITTED_KEY, order_job_id, pending_key
 
 log = logging.getLogger(__name__)
+DECIDED_EARLIER = "decided_earlier"
+"""A job's result when another job's batch had already decided its order (no database call)."""
 
 
 @cache
@@ -58,36 +60,43 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
     ``FLASHSALE_WORKER_BATCH_SIZE`` other orders of its product claimed from the pending list.
 
     Claimed orders keep their own jobs: if this worker dies before it commits, those jobs
-    still apply them; if it commits, they find their rows and change nothing.
+    still apply them; if it commits, they find their orders gone from ``fs:admitted`` and
+    return without touching PostgreSQL.
     """
     job = get_current_job()
     with tracer.start_as_current_span(
         "flashsale.apply_order", context=context_from(job.meta if job else None), kind=SpanKind.CONSUMER
     ) as span:
         order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
-        claimed = _redis().lpop(pending_key(product_id), get_settings().worker_batch_size) or []
-        batch = {order.order_id: order}
-        for payload in claimed:
+        with _redis().pipeline(transaction=False) as pipe:
+            pipe.lpop(pending_key(product_id), get_settings().worker_batch_size)
+            pipe.zscore(ADMITTED_KEY, order_job_id(order_id))
+            claimed, still_open = pipe.execute()
+        # An order no longer in fs:admitted was decided by an earlier batch: its row is written.
+        batch = {order.order_id: order} if still_open is not None else {}
+        for payload in claimed or []:
             mate = _admitted(*json.loads(payload))
             batch.setdefault(mate.order_id, mate)
-        outcomes = apply_orders(engine(), list(batch.values()))
-        observe_batch(batch, outcomes)
-        outcome = outcomes[order.order_id]
-        _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
+        outcome = None
+        if batch:
+            outcomes = apply_orders(engine(), list(batch.values()))
+            observe_batch(batch, outcomes)
+            outcome = outcomes.get(order.order_id)
+            _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
         facts = {
             "order_id": order_id,
             "product_id": product_id,
-            "status": outcome.status,
-            "reason": outcome.reason,
-            "conflicts": outcome.conflicts,
-            "applied_now": outcome.applied_now,
+            "status": outcome.status if outcome else DECIDED_EARLIER,
+            "reason": outcome.reason if outcome else None,
+            "conflicts": outcome.conflicts if outcome else 0,
+            "applied_now": bool(outcome and outcome.applied_now),
         }
         attempt = _attempt(job)
         if attempt and attempt > 1:
             JOB_RETRIES.inc()
         record(span, **facts, quantity=quantity, batch_size=len(batch), attempt=attempt)
         log.info("order decided", extra=facts)  # inside the span: the line carries its trace id
-    return {"status": outcome.status, "reason": outcome.reason}
+    return {"status": facts["status"], "reason": facts["reason"]}
 
 
 def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:

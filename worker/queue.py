@@ -94,7 +94,11 @@ def _description(order: AdmittedOrder) -> str:
 
 
 def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:
-    """Enqueue through RQ itself (tests and tools; the API writes jobs in lua/admit.lua)."""
+    """Enqueue through RQ itself (tests and tools; the API writes jobs in lua/admit.lua), and
+    record the order in ``fs:admitted`` as admit.lua does: a job whose order is not there was
+    decided already, and its worker skips it."""
+    admitted_ms = int(order.admitted_at.timestamp() * 1000)
+    queue.connection.zadd(ADMITTED_KEY, {order_job_id(str(order.order_id)): admitted_ms})
     return queue.enqueue_call(
         JOB_FUNCTION,
         args=job_arguments(order),

@@ -24,6 +24,7 @@ from worker.reconcile import reconcile
 from worker.stranded import requeue_stranded
 
 ABANDON_GRACE_SECONDS = 5
+HEARTBEAT_SECONDS = 1.0
 
 
 RECONCILE_LOCK = "fs:reconcile:lock"
@@ -54,9 +55,18 @@ class OrderWorker(SimpleWorker):
     heartbeat_file: Path | None = None
     """Touched on every turn of the loop, before Redis is asked: liveness, not readiness."""
 
+    _last_redis_heartbeat = float("-inf")
+
     def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """RQ beats twice per job (three round trips each) to extend a worker key that lives
+        eight minutes; a busy worker sends those default beats at most once a second."""
         if self.heartbeat_file is not None:
             self.heartbeat_file.touch()
+        beat_at = time.monotonic()
+        if timeout is None and pipeline is None and beat_at - self._last_redis_heartbeat < HEARTBEAT_SECONDS:
+            return
+        if timeout is None and pipeline is None:
+            self._last_redis_heartbeat = beat_at
         super().heartbeat(timeout, pipeline)
 
     def run_maintenance_tasks(self):

@@ -15,9 +15,8 @@ from service.errors import problem
 from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import OrderView
-from worker.queue import job_key
+from worker.queue import ADMITTED_KEY, job_key, order_job_id
 
-PENDING_JOB_STATES = {"queued", "started", "scheduled", "deferred"}
 GAVE_UP_JOB_STATES = {"failed", "stopped", "canceled"}
 
 
@@ -30,10 +29,15 @@ async def get_order(
 
 
 async def _order_view(order_id: uuid.UUID, resources: Resources) -> OrderView:
-    # The job is read before the row: a worker commits the row before it finishes the job,
-    # so a job seen pending or gone always means the row is the answer from then on.
-    job_state = await resources.redis.hget(job_key(str(order_id)), "status")
-    if job_state in PENDING_JOB_STATES:
+    # fs:admitted holds exactly the orders admitted and not yet decided: a worker commits the
+    # row first and then removes the order, so an order missing from it has its row, whichever
+    # job's batch decided it. Its job state only tells a job that gave up without a row.
+    job_id = order_job_id(str(order_id))
+    async with resources.redis.pipeline(transaction=False) as pipe:
+        pipe.zscore(ADMITTED_KEY, job_id)
+        pipe.hget(job_key(str(order_id)), "status")
+        still_open, job_state = await pipe.execute()
+    if still_open is not None and job_state not in GAVE_UP_JOB_STATES:
         return OrderView(order_id=order_id, status=OrderStatus.QUEUED)
     row = await to_thread.run_sync(find_order, resources.engine, order_id)
     if row is not None:

@@ -1,0 +1,100 @@
+"""Auto-pipelined script calls on a real Redis: batching, each caller's own reply or error,
+the script reloaded after a flush, a lost connection reported to every caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+from redis.asyncio.connection import Connection
+
+from service.auto_pipeline import CoalescedScript, PackedArgs, resp_arguments
+from service.resources import async_redis_client
+
+ECHO = "return {KEYS, ARGV}"
+FAIL_ON_BOOM = "if ARGV[1] == 'boom' then return redis.error_reply('boom') end return ARGV[1]"
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def _calls(redis_url: str, source: str, calls: list[tuple[list, list]], tail=None):
+    client = async_redis_client(redis_url)
+    try:
+        script = CoalescedScript(client, source, name="echo")
+        extra = {"tail": tail} if tail else {}
+        return await asyncio.gather(
+            *(script(keys=keys, args=args, **extra) for keys, args in calls), return_exceptions=True
+        )
+    finally:
+        await client.aclose()
+
+
+def _batches(script: str) -> tuple[float, float]:
+    """(writes, calls) the pipeline-size histogram counted for ``script``."""
+    labels = {"script": script}
+    count = REGISTRY.get_sample_value("flashsale_redis_pipeline_calls_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value("flashsale_redis_pipeline_calls_sum", labels) or 0.0
+
+
+def test_concurrent_calls_leave_together_and_each_gets_its_own_reply(redis, redis_url):
+    redis.script_flush()  # the first write meets NOSCRIPT: loaded, and only those calls sent again
+    writes, sent = _batches("echo")
+    calls = [([f"k{i}"], [f"a{i}", i]) for i in range(300)]
+    replies = _run(_calls(redis_url, ECHO, calls, tail=PackedArgs.of(["same", 7])))
+    assert replies == [[[f"k{i}"], [f"a{i}", str(i), "same", "7"]] for i in range(300)]
+    # 300 calls made in one turn of the loop: two writes (MAX_BATCH is 256), each sent twice.
+    assert _batches("echo") == (writes + 4, sent + 600)
+
+
+def test_one_callers_error_is_its_own(redis, redis_url):
+    replies = _run(_calls(redis_url, FAIL_ON_BOOM, [([], ["fine"]), ([], ["boom"]), ([], ["also fine"])]))
+    assert replies[0] == "fine" and replies[2] == "also fine"
+    assert isinstance(replies[1], Exception) and "boom" in str(replies[1])
+
+
+def test_a_flushed_script_is_loaded_again(redis, redis_url):
+    async def twice():
+        client = async_redis_client(redis_url)
+        try:
+            script = CoalescedScript(client, ECHO, name="echo")
+            first = await script(keys=["a"], args=["1"])
+            redis.script_flush()
+            return first, await script(keys=["b"], args=["2"])
+        finally:
+            await client.aclose()
+
+    assert _run(twice()) == ([["a"], ["1"]], [["b"], ["2"]])
+
+
+def test_every_caller_hears_of_a_lost_connection(redis_url):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def unreachable():
+        client = async_redis_client("redis://127.0.0.1:1/0")  # nothing listens on port 1
+        try:
+            script = CoalescedScript(client, ECHO, name="echo")
+            return await asyncio.gather(*(script(args=[str(i)]) for i in range(5)), return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    replies = _run(unreachable())
+    assert len(replies) == 5 and all(isinstance(r, RedisConnectionError) for r in replies)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=40), st.binary(max_size=40), st.integers(min_value=-(2**70), max_value=2**70)
+        ),
+        max_size=12,
+    )
+)
+def test_the_encoder_writes_what_redis_py_writes(values):
+    command = ["EVALSHA", "0" * 40, 0, *values]
+    ours = b"*%d\r\n" % len(command) + resp_arguments(command)
+    assert ours == b"".join(Connection().pack_command(*command))
