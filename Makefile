@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.bench-installed
 # checkov scans the rendered chart; it pins packages ours need newer, so it lives apart.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help system-packages run-packages install run test lint format bench bench-quick e2e clean
+.PHONY: help system-packages run-packages bench-packages install run test lint format bench bench-quick e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -27,6 +28,13 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip check
 	@touch $@
+
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench-packages:
+	bash .ci/system-packages bench
 
 $(CHECKOV):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -50,13 +58,14 @@ format: $(INSTALLED) ## rewrite files to ruff's formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(INSTALLED) ## measure the request paths against their floor, /buy under load, the limiter, the workers (needs wrk)
+bench: bench-packages $(BENCH_INSTALLED) ## every benchmark, about 12 min: paths vs floor, the mixed drop (plot), workers, memory, limiter
 	$(BIN)/python -m bench.paths
-	$(BIN)/python -m bench.buy_load
-	$(BIN)/python -m bench.limiter
+	$(BIN)/python -m bench.drop
 	$(BIN)/python -m bench.workers
+	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.limiter
 
-bench-quick: $(INSTALLED) ## the request paths, 3 s each: fails if a ratio to the floor fell 30 % below bench/baseline.json
+bench-quick: bench-packages $(INSTALLED) ## the request paths, 3 s each: fails if a ratio to the floor fell 30 % below bench/baseline.json
 	$(BIN)/python -m bench.paths --quick --check bench/baseline.json
 
 e2e: $(INSTALLED) ## the e2e suite against a kind cluster with the chart installed (see k8s/)

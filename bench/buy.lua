@@ -1,12 +1,15 @@
 -- wrk script: POST /buy {} from many clients, told apart by X-Forwarded-For.
 -- BENCH_CLIENTS (default 2000) distinct addresses, spread over wrk's threads; 0 sends no
 -- X-Forwarded-For (one client). BENCH_METHOD and BENCH_PATH (default POST /buy) measure
--- another route the same way (GET /healthz: the floor).
+-- another route the same way (GET /healthz: the floor). BENCH_REQUESTS_PER_THREAD > 0 stops
+-- each thread after that many answers.
 -- done() prints one JSON line (prefixed "BENCH ") for bench/buy_load.py to read.
 
 local clients = tonumber(os.getenv("BENCH_CLIENTS") or "2000")
 local method = os.getenv("BENCH_METHOD") or "POST"
 local path = os.getenv("BENCH_PATH") or "/buy"
+local per_thread = tonumber(os.getenv("BENCH_REQUESTS_PER_THREAD") or "0")
+local answered = 0
 local threads = {}
 local thread_count = 0
 local id = 0
@@ -39,6 +42,12 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  answered = answered + 1
+  if per_thread > 0 and answered == per_thread then
+    io.write("BENCH-THREAD-DONE\n")
+    io.flush()
+    wrk.thread:stop()
+  end
 end
 
 function done(summary, latency, requests)

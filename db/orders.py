@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -95,7 +95,10 @@ def apply_orders(
                     conflicts += 1
                     sleep(backoff_seconds(conflicts))
                     continue
-            session.add_all(_order_row(order, status, reason) for order, status, reason in verdicts)
+            # One multi-row INSERT: the product row stays locked by the UPDATE until the commit.
+            session.execute(
+                insert(Order), [_order_values(o, status, reason) for o, status, reason in verdicts]
+            )
             try:
                 session.commit()
             except IntegrityError:
@@ -112,7 +115,7 @@ def record_failure(engine: Engine, order: AdmittedOrder) -> Outcome:
         decided = session.get(Order, order.order_id)
         if decided is not None:
             return Outcome(decided.status, decided.reason, 0, applied_now=False)
-        session.add(_order_row(order, OrderStatus.REJECTED, RejectReason.FAILED))
+        session.add(Order(**_order_values(order, OrderStatus.REJECTED, RejectReason.FAILED)))
         try:
             session.commit()
         except IntegrityError:
@@ -122,16 +125,16 @@ def record_failure(engine: Engine, order: AdmittedOrder) -> Outcome:
     return Outcome(OrderStatus.REJECTED, RejectReason.FAILED, 0, applied_now=True)
 
 
-def _order_row(order: AdmittedOrder, status: str, reason: str | None) -> Order:
-    return Order(
-        id=order.order_id,
-        product_id=order.product_id,
-        client_id=order.client_id,
-        quantity=order.quantity,
-        status=status,
-        reason=reason,
-        admitted_at=order.admitted_at,
-    )
+def _order_values(order: AdmittedOrder, status: str, reason: str | None) -> dict:
+    return {
+        "id": order.order_id,
+        "product_id": order.product_id,
+        "client_id": order.client_id,
+        "quantity": order.quantity,
+        "status": status,
+        "reason": reason,
+        "admitted_at": order.admitted_at,
+    }
 
 
 def find_order(engine: Engine, order_id: uuid.UUID) -> Order | None:
