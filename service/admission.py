@@ -7,11 +7,12 @@ and the enqueue happen in one atomic step, and a "no" charges nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
+
+import msgspec
 
 from db.orders import AdmittedOrder
 from service.identity import ClientIdentity
@@ -130,7 +131,7 @@ async def _run_admit_script(
         PURCHASES_TTL_SECONDS,
         len(plan.keys) if plan else 0,
         *limit_args,
-        json.dumps(arguments),
+        msgspec.json.encode(arguments),
         *resources.job_fields.for_order(order, arguments, trace_carrier() if tracing_on() else None),
     ]
     reply = await resources.admit_script(keys=keys, args=args, tail=resources.job_fields.constant)

@@ -3,8 +3,8 @@ turn of the event loop leave together, in one write (what ioredis calls auto-pip
 
 A single redis-py asyncio call spends most of its time in Python around the socket: the
 pool, timeout wrappers and, above all, encoding its arguments (about 50 µs for admit.lua's
-60). Here each call is encoded once, by a lean RESP encoder, with the arguments that never
-change (``PackedArgs``) encoded at start-up; a batch then costs one pool checkout, one write
+60). Here each call is encoded once, by hiredis, with the arguments that never change
+(``PackedArgs``) encoded at start-up; a batch then costs one pool checkout, one write
 and one read loop. Each caller gets its own reply or its own error. Nothing waits for a
 fuller batch: a batch leaves on the next turn of the loop.
 """
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import hiredis
 from opentelemetry.trace import SpanKind
 from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
@@ -27,19 +28,11 @@ MAX_BATCH = 256
 """Calls per write; a larger burst goes out as several writes, on several connections."""
 
 
-def _encoded(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, int):
-        return b"%d" % value
-    return repr(value).encode()  # a float, as redis-py sends it
-
-
-def resp_arguments(values: Iterable[Any]) -> bytes:
-    """``values`` as RESP bulk strings (the body of a command, without its count)."""
-    return b"".join(b"$%d\r\n%b\r\n" % (len(b), b) for b in map(_encoded, values))
+def resp_arguments(values: Sequence[Any]) -> bytes:
+    """``values`` as RESP bulk strings: the body of a command, without its count. Encoded by
+    hiredis (C, what redis-py itself uses when hiredis is installed)."""
+    packed = hiredis.pack_command(tuple(values))
+    return packed[packed.index(b"\r\n") + 2 :]
 
 
 class PackedArgs(NamedTuple):
@@ -72,8 +65,8 @@ class CoalescedScript:
         self, keys: Sequence = (), args: Sequence = (), tail: PackedArgs = NO_ARGS
     ) -> asyncio.Future:
         count = 3 + len(keys) + len(args) + tail.count
-        head = resp_arguments(("EVALSHA", self.sha, len(keys), *keys, *args))
-        command = b"*%d\r\n%b%b" % (count, head, tail.resp)
+        head = hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
+        command = b"*%d\r\n%b%b" % (count, head[head.index(b"\r\n") + 2 :], tail.resp)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append((command, future))

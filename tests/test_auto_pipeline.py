@@ -89,7 +89,7 @@ def test_every_caller_hears_of_a_lost_connection(redis_url):
 @given(
     st.lists(
         st.one_of(
-            st.text(max_size=40), st.binary(max_size=40), st.integers(min_value=-(2**70), max_value=2**70)
+            st.text(max_size=40), st.binary(max_size=40), st.integers(min_value=-(2**63), max_value=2**63 - 1)
         ),
         max_size=12,
     )

@@ -12,7 +12,6 @@ from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import utcformat
 
 from db.orders import AdmittedOrder
 from service.auto_pipeline import PackedArgs
@@ -148,7 +147,8 @@ class OrderJobFields:
         """The fields of this order's job but the ``constant`` ones; ``arguments`` are
         ``job_arguments(order)``, computed once by the caller; ``trace`` (W3C trace headers)
         becomes the job's meta, for the worker's span."""
-        stamp = utcformat(order.admitted_at)
+        # What rq.utils.utcformat writes, without its strftime.
+        stamp = order.admitted_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
         data = self._serializer.dumps((JOB_FUNCTION, None, arguments, {}))
         per_order = {
             "data": data,
