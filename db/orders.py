@@ -95,11 +95,9 @@ def apply_orders(
                     conflicts += 1
                     sleep(backoff_seconds(conflicts))
                     continue
-            # One multi-row INSERT: the product row stays locked by the UPDATE until the commit.
-            session.execute(
-                insert(Order), [_order_values(o, status, reason) for o, status, reason in verdicts]
-            )
             try:
+                # One multi-row INSERT: the product row stays locked by the UPDATE until the commit.
+                session.execute(insert(Order), [_order_values(o, st, rs) for o, st, rs in verdicts])
                 session.commit()
             except IntegrityError:
                 # Another run decided one of these first; the next pass reads its row.

@@ -80,7 +80,8 @@ class RoundRobin:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("%s %s: %s, trying the next replica", scope["method"], backend, exc)
                 continue  # nothing was sent: the next replica may take it
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                log.warning("%s %s: %r after sending: 502", scope["method"], backend, exc)
                 break  # sent, maybe processed: never replayed
             await _answer(send, upstream.status_code, upstream.headers.raw, upstream.content)
             return

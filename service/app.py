@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FlashsaleApp:
         plugins.append(
             OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider, exclude=UNTRACED_PATHS))
         )
-        on_shutdown.append(tracer_provider.force_flush)  # spans of the last requests leave too
+        # Spans of the last requests leave too. (A hook with parameters is handed the app.)
+        on_shutdown.append(lambda: tracer_provider.force_flush())
     return FlashsaleApp(
         route_handlers=[buy, get_order, get_product, healthz, readyz, AdminController, PrometheusController],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
