@@ -6,11 +6,14 @@ import asyncio
 import math
 import multiprocessing
 import time
+import uuid
 from dataclasses import dataclass
 
 import httpx
 
 NO_ANSWER = 0
+RUN = uuid.uuid4().hex[:8]
+"""Part of every Idempotency-Key, so runs against the same Redis never share keys."""
 
 
 @dataclass(frozen=True)
@@ -23,18 +26,31 @@ class Reply:
     done_at: float
 
 
-async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]]) -> list[Reply]:
+LOST = (NO_ANSWER, 502)
+"""Answers a buyer never got: no answer at all, or the ingress's Bad Gateway."""
+RETRIES = 3
+
+
+async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]], retry_lost: bool) -> list[Reply]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         in_flight = asyncio.Semaphore(64)  # httpx's own pool slows down badly with many waiters
 
         async def one(index: int, client_ip: str, body: dict) -> Reply:
+            headers = {"x-forwarded-for": client_ip}
+            if retry_lost:  # a buyer whose answer was lost asks again with the same key
+                headers["idempotency-key"] = f"buyer-{index}-{RUN}"
+            for _ in range(RETRIES if retry_lost else 1):
+                reply = await attempt(index, headers, body)
+                if reply.status not in LOST:
+                    break
+            return reply
+
+        async def attempt(index: int, headers: dict, body: dict) -> Reply:
             async with in_flight:
                 sent = time.time()
                 try:
-                    response = await client.post(
-                        f"{urls[index % len(urls)]}/buy", json=body, headers={"x-forwarded-for": client_ip}
-                    )
+                    response = await client.post(f"{urls[index % len(urls)]}/buy", json=body, headers=headers)
                 except httpx.TransportError:  # no answer at all: recorded as status 0
                     return Reply(NO_ANSWER, None, None, sent, time.time())
             order_id = response.json().get("order_id") if response.status_code == 202 else None
@@ -45,19 +61,24 @@ async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]]) -> li
         return await asyncio.gather(*(one(*request) for request in share))
 
 
-def _client_process(urls, share, start) -> list[Reply]:
+def _client_process(urls, share, start, retry_lost) -> list[Reply]:
     start.wait()
-    return asyncio.run(_fire_share(urls, share))
+    return asyncio.run(_fire_share(urls, share, retry_lost))
 
 
-def fire_concurrently(urls: list[str], buyers: list[tuple[str, dict]], processes: int = 4) -> list[Reply]:
-    """Each buyer is (client ip, body); all processes start together on one signal."""
+def fire_concurrently(
+    urls: list[str], buyers: list[tuple[str, dict]], processes: int = 4, retry_lost: bool = False
+) -> list[Reply]:
+    """Each buyer is (client ip, body); all processes start together on one signal. With
+    ``retry_lost`` every buyer sends an Idempotency-Key and asks again (up to RETRIES times)
+    when its answer was lost, as a client behind an ingress should."""
     requests = [(i, ip, body) for i, (ip, body) in enumerate(buyers)]
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(processes) as pool:
         start = manager.Event()
         pending = [
-            pool.apply_async(_client_process, (urls, requests[p::processes], start)) for p in range(processes)
+            pool.apply_async(_client_process, (urls, requests[p::processes], start, retry_lost))
+            for p in range(processes)
         ]
         start.set()
         return [reply for result in pending for reply in result.get(timeout=120)]
