@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy import text
 
-from bench.plots import plot_drop
 from bench.system import BenchSystem, running_system
 from bench.wrk import run_wrk
 from service.sale_stats import OUTCOMES, stats_key
@@ -149,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (RESULTS / f"drop-{stamp}.json").write_text(json.dumps(result, indent=2))
+    from bench.plots import plot_drop  # matplotlib: the bench extra, not needed by the tests
+
     plot_drop(result, RESULTS / f"drop-{stamp}.png")
     print(f"written: bench/results/drop-{stamp}.json and .png")
     missed = verdict(result, args.stock)
