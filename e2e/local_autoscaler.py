@@ -31,7 +31,8 @@ class Scaling:
     """The ScaledObject's numbers, fitted to a 2-core machine where a test sale's queue peaks
     near 100 jobs (the chart's defaults, 200 per worker and 1..10 workers, would never move)."""
 
-    list_length: int = 20
+    list_length: int = 10
+    """Jobs per worker: workers now drain a burst fast, so a queue of 40 may never form."""
     min_replicas: int = 2
     """At least two, so killing one leaves a worker working."""
     max_replicas: int = 4
