@@ -118,3 +118,19 @@ def test_every_answer_is_counted_and_logged_once_by_route_template(client, caplo
     assert "/no/such/route" in {r.path for r in lines}
     assert client.get("/healthz").status_code == 200  # probes: neither counted nor logged
     assert len([r for r in caplog.records if r.name == "flashsale.requests"]) == len(lines)
+
+
+def test_a_retry_with_its_key_gets_its_order_back_after_a_sell_out_and_past_its_limit(client, redis):
+    """A buyer whose 202 was lost asks again with its Idempotency-Key: neither the sold-out latch
+    nor the deny cache may answer for it, or it would never learn its order."""
+    key = {"idempotency-key": "lost-answer"}
+    first = client.post("/buy", json={}, headers=key)
+    assert first.status_code == 202
+    _spent = [client.post("/buy", json={}) for _ in range(5)]  # now over its limit: cached 429s
+    assert _spent[-1].status_code == 429 and client.post("/buy", json={}).status_code == 429
+    redis.set(gate_key(1), 0)
+    assert client.post("/buy", json={}, headers={"idempotency-key": "other"}).status_code in (409, 429)
+    for _ in range(2):
+        again = client.post("/buy", json={}, headers=key)
+        assert again.status_code == 202 and again.json()["order_id"] == first.json()["order_id"]
+        assert again.headers["idempotent-replayed"] == "true"

@@ -98,13 +98,15 @@ async def decide_buy(
         # The limits are checked and charged inside the admission call itself.
         client = client_identity(request, resources.settings)
         plan = limiter.plan("buy", client)
-        if plan and (cached := limiter.cached_denial(plan)):
+        # A request with an Idempotency-Key may be a retry of one already admitted: only
+        # admit.lua, which answers replays first, may answer it (never a memory short-cut).
+        if plan and key is None and (cached := limiter.cached_denial(plan)):
             raise limited_problem(cached, ratelimit_headers(cached, resources.settings.rate_legacy_headers))
     else:
         client, _ = await enforce_rate_limit("buy", request, resources)
         plan = None
 
-    if resources.sold_out.is_sold_out(wanted.product_id):
+    if key is None and resources.sold_out.is_sold_out(wanted.product_id):
         raise sold_out_problem(wanted.product_id, {})
     admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, plan)
     verdict = admission.verdict
