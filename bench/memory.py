@@ -64,9 +64,7 @@ def _restock(system: BenchSystem, units: int = RESTOCK_UNITS) -> None:
 
 def _key_figures(redis: Redis, pattern: str) -> dict:
     """How many keys match, their mean MEMORY USAGE and TTL range over a sample."""
-    keys = []
-    for key in redis.scan_iter(match=pattern, count=1000):
-        keys.append(key)
+    keys = list(redis.scan_iter(match=pattern, count=1000))
     sample = keys[:KEY_SAMPLE]
     sizes = [redis.memory_usage(key) or 0 for key in sample]
     ttls = [redis.pttl(key) for key in sample]

@@ -20,10 +20,6 @@ THREAD_DONE = "BENCH-THREAD-DONE"
 """What a buy.lua thread prints when it has sent its share of ``requests``."""
 
 
-def _is_done(line: str) -> bool:
-    return line.startswith(THREAD_DONE)
-
-
 def run_wrk(
     url: str,
     seconds: int,
@@ -50,9 +46,11 @@ def run_wrk(
     command += ["-s", str(WRK_SCRIPT), f"{url}{path}"]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as run:
         output: list[str] = []
+        threads_done = 0
         for line in run.stdout:
             output.append(line)
-            if requests and _is_done(line) and sum(map(_is_done, output)) == threads:
+            threads_done += line.startswith(THREAD_DONE)
+            if requests and line.startswith(THREAD_DONE) and threads_done == threads:
                 # wrk sleeps out its whole duration even when every thread stopped; SIGINT
                 # ends the run now and still prints the summary, with the time really spent.
                 run.send_signal(signal.SIGINT)

@@ -65,7 +65,7 @@ class FlashsaleApp(Litestar):
                     return
             await super().__call__(scope, receive, remember)
         finally:
-            self._account(scope, status, replayed, time.perf_counter() - started, answered_in)
+            self._account(scope, buying, status, replayed, time.perf_counter() - started, answered_in)
 
     def _metrics_for(self, method: str, path: str, status: int) -> tuple:
         """The metric children of one (method, route, status), looked up once: prometheus_client's
@@ -83,7 +83,13 @@ class FlashsaleApp(Litestar):
         return children
 
     def _account(
-        self, scope: Scope, status: int, replayed: bool, seconds: float, answered_in: Context | None
+        self,
+        scope: Scope,
+        buying: bool,
+        status: int,
+        replayed: bool,
+        seconds: float,
+        answered_in: Context | None,
     ) -> None:
         path = scope.get("path_template") or UNMATCHED
         requests, durations, errors = self._metrics_for(scope["method"], path, status)
@@ -91,7 +97,7 @@ class FlashsaleApp(Litestar):
         durations.observe(seconds)
         if errors is not None:
             errors.inc()
-        if path == BUY_PATH and scope["method"] == "POST" and (outcome := outcome_of(status, replayed)):
+        if buying and (outcome := outcome_of(status, replayed)):
             OUTCOME_COUNTS.count(outcome)
         if not request_log.isEnabledFor(self._log_level):
             return

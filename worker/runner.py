@@ -62,10 +62,10 @@ class OrderWorker(SimpleWorker):
         eight minutes; a busy worker sends those default beats at most once a second."""
         if self.heartbeat_file is not None:
             self.heartbeat_file.touch()
-        beat_at = time.monotonic()
-        if timeout is None and pipeline is None and beat_at - self._last_redis_heartbeat < HEARTBEAT_SECONDS:
-            return
         if timeout is None and pipeline is None:
+            beat_at = time.monotonic()
+            if beat_at - self._last_redis_heartbeat < HEARTBEAT_SECONDS:
+                return
             self._last_redis_heartbeat = beat_at
         super().heartbeat(timeout, pipeline)
 
