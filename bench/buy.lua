@@ -9,6 +9,7 @@ local clients = tonumber(os.getenv("BENCH_CLIENTS") or "2000")
 local method = os.getenv("BENCH_METHOD") or "POST"
 local path = os.getenv("BENCH_PATH") or "/buy"
 local per_thread = tonumber(os.getenv("BENCH_REQUESTS_PER_THREAD") or "0")
+local thread_total = tonumber(os.getenv("BENCH_THREADS") or "1")
 local answered = 0
 local threads = {}
 local thread_count = 0
@@ -32,7 +33,7 @@ function request()
   end
   local headers = {["Content-Type"] = "application/json"}
   if clients > 0 then
-    local i = (sent * 64 + id) % clients
+    local i = (sent * thread_total + id) % clients  -- threads interleave: every address is used
     sent = sent + 1
     headers["X-Forwarded-For"] = string.format(
       "10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)

@@ -41,6 +41,7 @@ def run_wrk(
         "BENCH_METHOD": method,
         "BENCH_PATH": path,
         "BENCH_REQUESTS_PER_THREAD": str(-(-requests // threads)),
+        "BENCH_THREADS": str(threads),
     }
     command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     command += ["-s", str(WRK_SCRIPT), f"{url}{path}"]
