@@ -1,4 +1,4 @@
-"""``create_app()``: the Litestar application (uvicorn's ``--factory`` target).
+"""``create_app()``: the Litestar application; ``serve_app()``: uvicorn's ``--factory`` target.
 
 Building the app connects to nothing; clients open in the lifespan.
 """
@@ -10,9 +10,12 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusController
+from opentelemetry.instrumentation.asgi import OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS
+from opentelemetry.util.http import get_custom_headers
 
 from service.errors import EXCEPTION_HANDLERS, problem_details_plugin
 from service.front_door import FlashsaleApp
+from service.logs import configure_logging
 from service.resources import provide_resources, resources_lifespan
 from service.routes.admin import AdminController
 from service.routes.buy import buy
@@ -46,9 +49,16 @@ def create_app(settings: Settings | None = None) -> FlashsaleApp:
     on_shutdown = []
     tracer_provider = configure_tracing("flashsale-api")
     if tracer_provider is not None:
-        plugins.append(
-            OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider, exclude=UNTRACED_PATHS))
+        # Credentials stay out of spans even when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* records
+        # every header (the operator's own sanitize list is kept; these are matched as regexes).
+        redacted = ["authorization", "cookie", settings.api_key_header]
+        redacted += get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
+        otel = OpenTelemetryConfig(
+            tracer_provider=tracer_provider,
+            exclude=UNTRACED_PATHS,
+            http_capture_headers_sanitize_fields=redacted,
         )
+        plugins.append(OpenTelemetryPlugin(otel))
         # Spans of the last requests leave too. (A hook with parameters is handed the app.)
         on_shutdown.append(lambda: tracer_provider.force_flush())
     return FlashsaleApp(
@@ -65,3 +75,12 @@ def create_app(settings: Settings | None = None) -> FlashsaleApp:
         logging_config=None,  # service.logs owns logging: JSON lines
         debug=False,
     )
+
+
+def serve_app() -> FlashsaleApp:
+    """The app as uvicorn serves it: with ``--processes`` above one, each API process is a
+    fresh interpreter that ran none of the CLI's set-up, so logging is configured here too
+    (else its lines would leave as bare text through Python's last-resort handler)."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -15,7 +15,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.app:create_app",
+        "service.app:serve_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,

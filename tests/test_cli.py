@@ -1,5 +1,6 @@
 """The console script: migrate, seed, and `flashsale dev` (what `make run` runs)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -123,20 +124,28 @@ def test_dev_runs_the_whole_system_on_throwaway_servers_and_cleans_up(tmp_path):
     assert not port_open("127.0.0.1", port)
 
 
-def test_api_processes_share_one_port_and_all_stop_on_sigterm(settings_env, fresh_db):
+def test_api_processes_share_one_port_log_json_and_all_stop_on_sigterm(settings_env, fresh_db, tmp_path):
     port = free_port()
     command = ["api", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"]
-    api = subprocess.Popen([sys.executable, "-m", "service.cli", *command], env=settings_env)
+    env = {**settings_env, "FLASHSALE_LOG_LEVEL": "INFO", "FLASHSALE_REQUEST_LOG_LEVEL": "INFO"}
+    with open(tmp_path / "api.log", "wb") as log:
+        api = subprocess.Popen([sys.executable, "-m", "service.cli", *command], env=env, stderr=log)
     try:
         wait_until(lambda: port_open("127.0.0.1", port), 60, "two API processes")
         # uvicorn's supervisor, its resource tracker and the two workers: at least three children.
         wait_until(lambda: len(_children(api.pid)) >= 2, 30, "two uvicorn worker processes")
         children = _children(api.pid)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(4):  # new connections: both processes answer some
+                assert client.get("/orders/not-an-order", headers={"connection": "close"}).status_code == 404
     finally:
         api.send_signal(signal.SIGTERM)
         assert api.wait(30) == 0
     wait_until(lambda: not any(_running(pid) for pid in children), 10, "no process left behind")
+    # The API processes are fresh interpreters: their lines are JSON too, request lines included.
+    lines = [json.loads(line) for line in (tmp_path / "api.log").read_text().splitlines() if line.strip()]
+    assert sum(1 for line in lines if line["message"] == "request") == 4
 
 
 def _children(pid: int) -> list[str]:
