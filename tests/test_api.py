@@ -226,6 +226,21 @@ def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure(monkeypatch)
         asyncio.run(RedisConnection().send_packed_command(b"PING"))
 
 
+def test_an_outage_logs_one_line_a_second_not_one_per_503(monkeypatch, caplog):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from service import errors
+
+    monkeypatch.setattr(errors, "_unavailable_logged", {})
+    with caplog.at_level("WARNING", logger=errors.log.name):
+        problems = [errors.unavailable_problem("/buy", RedisConnectionError()) for _ in range(100)]
+        assert {(p.status_code, p.headers["Retry-After"]) for p in problems} == {(503, "1")}
+        monkeypatch.setattr(errors, "UNAVAILABLE_LOG_INTERVAL_SECONDS", 0)
+        errors.unavailable_problem("/buy", RedisConnectionError())
+    lines = [r for r in caplog.records if r.getMessage() == "dependency unavailable"]
+    assert [(r.error, r.unlogged_before) for r in lines] == [("ConnectionError", 0), ("ConnectionError", 99)]
+
+
 def test_metrics_show_the_queue_depth_worker_autoscaling_follows(client, redis):
     """No worker runs here: the three admitted orders wait; two live started entries (and
     one a dead worker left behind, expired) make the in-flight count."""
