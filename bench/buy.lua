@@ -2,7 +2,8 @@
 -- BENCH_CLIENTS (default 2000) distinct addresses, spread over wrk's threads; 0 sends no
 -- X-Forwarded-For (one client). BENCH_METHOD and BENCH_PATH (default POST /buy) measure
 -- another route the same way (GET /healthz: the floor). BENCH_REQUESTS_PER_THREAD > 0 stops
--- each thread after that many answers.
+-- each thread after that many answers. BENCH_DELAY_MS > 0 waits that long before each
+-- request on a connection, to hold a rate below the maximum (bench/soak.py).
 -- done() prints one JSON line (prefixed "BENCH ") for bench/buy_load.py to read.
 
 local clients = tonumber(os.getenv("BENCH_CLIENTS") or "2000")
@@ -10,12 +11,14 @@ local method = os.getenv("BENCH_METHOD") or "POST"
 local path = os.getenv("BENCH_PATH") or "/buy"
 local per_thread = tonumber(os.getenv("BENCH_REQUESTS_PER_THREAD") or "0")
 local thread_total = tonumber(os.getenv("BENCH_THREADS") or "1")
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
 local answered = 0
 local threads = {}
 local thread_count = 0
 local id = 0
 local sent = 0
-statuses = {}  -- global: done() reads each thread's copy with thread:get
+statuses = {}  -- globals: done() reads each thread's copy with thread:get
+server_errors_at = {}  -- 5xx answers per unix second
 
 function setup(thread)
   thread:set("id", thread_count)
@@ -41,8 +44,18 @@ function request()
   return wrk.format(method, path, headers, "{}")
 end
 
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
+
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if status >= 500 then
+    local second = os.time()
+    server_errors_at[second] = (server_errors_at[second] or 0) + 1
+  end
   answered = answered + 1
   if per_thread > 0 and answered == per_thread then
     io.write("BENCH-THREAD-DONE\n")
@@ -52,19 +65,22 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local totals = {}
-  for _, thread in ipairs(threads) do
-    for status, count in pairs(thread:get("statuses")) do
-      totals[status] = (totals[status] or 0) + count
+  local function summed(name)
+    local totals = {}
+    for _, thread in ipairs(threads) do
+      for key, count in pairs(thread:get(name)) do
+        totals[key] = (totals[key] or 0) + count
+      end
     end
-  end
-  local parts = {}
-  for status, count in pairs(totals) do
-    table.insert(parts, string.format('"%d":%d', status, count))
+    local parts = {}
+    for key, count in pairs(totals) do
+      table.insert(parts, string.format('"%d":%d', key, count))
+    end
+    return table.concat(parts, ",")
   end
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
   io.write(string.format(
-    'BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"socket_errors":%d,"statuses":{%s}}\n',
+    'BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"socket_errors":%d,"statuses":{%s},"server_errors_at":{%s}}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, errors, table.concat(parts, ",")))
+    latency:percentile(99), latency.max, errors, summed("statuses"), summed("server_errors_at")))
 end

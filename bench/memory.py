@@ -39,7 +39,7 @@ KEY_SAMPLE = 500
 BUCKET_PROBES = 50
 
 
-def _rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         line = next(line for line in status if line.startswith("VmRSS:"))
     return int(line.split()[1]) * 1024
@@ -49,10 +49,10 @@ def _sample_rss(system: BenchSystem, stop: threading.Event, samples: list) -> No
     pids = system.api_pids()
     began = time.monotonic()
     while not stop.wait(SAMPLE_EVERY_SECONDS):
-        samples.append((round(time.monotonic() - began), [_rss_bytes(pid) for pid in pids]))
+        samples.append((round(time.monotonic() - began), [rss_bytes(pid) for pid in pids]))
 
 
-def _restock(system: BenchSystem, units: int = RESTOCK_UNITS) -> None:
+def restock(system: BenchSystem, units: int = RESTOCK_UNITS) -> None:
     response = httpx.post(
         f"{system.url}/admin/products/1/restock",
         json={"units": units},
@@ -80,7 +80,7 @@ def _key_figures(redis: Redis, pattern: str) -> dict:
 def _fresh_bucket_figures(system: BenchSystem) -> dict:
     """Buckets live only until they are full again (a second for a client that spent one of
     five tokens), so the load's are gone by now: make BUCKET_PROBES and measure them at once."""
-    _restock(system, BUCKET_PROBES)
+    restock(system, BUCKET_PROBES)
     with httpx.Client(timeout=10) as client:
         for n in range(BUCKET_PROBES):
             headers = {"x-forwarded-for": f"192.168.{n // 256}.{n % 256}"}
@@ -96,7 +96,7 @@ def run_memory(system: BenchSystem, minutes: int) -> dict:
     statuses: dict[int, int] = {}
     try:
         for _ in range(minutes):
-            _restock(system)
+            restock(system)
             wrk = run_wrk(system.url, 58, 16, 2, 200_000)
             for status, count in wrk["statuses"].items():
                 statuses[status] = statuses.get(status, 0) + count

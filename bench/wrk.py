@@ -29,9 +29,11 @@ def run_wrk(
     method: str = "POST",
     path: str = "/buy",
     requests: int = 0,
+    delay_ms: int = 0,
 ) -> dict:
     """wrk with bench/buy.lua: counts by status and latency percentiles (µs), as a dict.
-    ``requests`` > 0 ends the run after about that many answers (or ``seconds``, first)."""
+    ``requests`` > 0 ends the run after about that many answers (or ``seconds``, first);
+    ``delay_ms`` > 0 paces each connection (connections * 1000 / (delay + latency) req/s)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed; install it with: apt-get install -y wrk")
@@ -42,6 +44,7 @@ def run_wrk(
         "BENCH_PATH": path,
         "BENCH_REQUESTS_PER_THREAD": str(-(-requests // threads)),
         "BENCH_THREADS": str(threads),
+        "BENCH_DELAY_MS": str(delay_ms),
     }
     command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     command += ["-s", str(WRK_SCRIPT), f"{url}{path}"]
@@ -60,5 +63,6 @@ def run_wrk(
     line = next(line for line in output if line.startswith("BENCH "))
     figures = json.loads(line.removeprefix("BENCH "))
     figures["statuses"] = {int(status): count for status, count in figures["statuses"].items()}
+    figures["server_errors_at"] = {int(second): n for second, n in figures["server_errors_at"].items()}
     figures["requests_per_second"] = figures["requests"] / (figures["duration_us"] / 1e6)
     return figures

@@ -67,3 +67,64 @@ def test_api_memory_is_flat_when_the_last_minute_is_within_ten_percent_of_the_fi
     grown = [(i * 5, [100, 230]) for i in range(per_minute)]
     assert rss_change({"rss": steady + steady}) == [0.0, 0.0]
     assert rss_change({"rss": steady + grown}) == [0.0, 0.15]
+
+
+def _soak(**changes) -> dict:
+    result = {
+        "rounds": [
+            {
+                "minute": 1,
+                "fault": "redis_restarted",
+                "statuses": {202: 5000, 409: 1000, 503: 3},
+                "socket_errors": 0,
+                "server_errors_at": {1_000_021: 3},
+            },
+            {
+                "minute": 2,
+                "fault": "api_killed",
+                "statuses": {202: 5000, 409: 1000},
+                "socket_errors": 7,
+                "server_errors_at": {},
+            },
+        ],
+        "windows": [
+            {"fault": "redis_restarted", "started": 1_000_020.5, "ended": 1_000_021.2},
+            {"fault": "api_killed", "started": 1_000_080.5, "ended": 1_000_082.0},
+        ],
+        "order_rows": 10_000,
+        "undecided_rows": 0,
+        "dead_letters": 0,
+        "confirmed_units": 9_000,
+        "stock_left": 1_000,
+        "restocked": 10_000,
+        "gate_agrees": True,
+        "rss_change": {101: 0.02, 102: -0.04},
+        "redis_back": True,
+        "redis_before": {"keys": 10, "used_memory": 1 << 20, "peak": 1 << 20},
+        "redis_after": {"keys": 12, "used_memory": 2 << 20, "peak": 100 << 20},
+    }
+    result.update(changes)
+    return result
+
+
+def test_the_soak_allows_errors_only_inside_a_fault_window_and_checks_every_promise():
+    from bench.soak import RECOVERY_GRACE_SECONDS, verdict
+
+    assert verdict(_soak()) == []
+    late = _soak()
+    late["rounds"][0]["server_errors_at"] = {1_000_021 + RECOVERY_GRACE_SECONDS + 1: 2}
+    assert verdict(late) == [f"minute 1: 5xx outside the fault window: {{{1_000_027}: 2}}"]
+    reset = _soak()
+    reset["rounds"][0]["socket_errors"] = 1
+    assert verdict(reset) == ["minute 1: 1 socket errors, no API died"]
+    assert verdict(_soak(order_rows=9_999)) == ["10000 answers 202 but only 9999 orders"]
+    assert verdict(_soak(confirmed_units=9_001)) == [
+        "units not conserved: 9001 confirmed + 1000 left != 10000 restocked"
+    ]
+    assert verdict(_soak(dead_letters=1))[0] == "0 undecided orders, 1 dead letters"
+    assert verdict(_soak(rss_change={101: 0.11}, gate_agrees=False, redis_back=False)) == [
+        "the stock gate disagrees with PostgreSQL",
+        "RSS of 101 changed +11.0%",
+        "Redis not back: {'keys': 12, 'used_memory': 2097152, 'peak': 104857600} after,"
+        " {'keys': 10, 'used_memory': 1048576, 'peak': 1048576} before",
+    ]

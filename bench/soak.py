@@ -1,0 +1,320 @@
+"""The soak: a sale held for ten minutes at about 70 % of the admit path's maximum, with a
+fault every minute, and what must be true afterwards.
+
+    python -m bench.soak                   # `make soak`: 10 minutes, then up to 12 for TTLs
+    python -m bench.soak --minutes 2 --rate 3000
+
+On a running_system (two API processes, two workers, Redis with its AOF), every minute the
+demo product is restocked with 5,000 units and wrk sends ``POST /buy {}`` from 20,000 client
+addresses at the chosen rate (paced per connection) for 55 s. Twenty seconds into each
+minute one fault strikes, in turn: a worker SIGKILLed (and replaced), Redis restarted, an API
+process SIGKILLed (uvicorn's supervisor starts another), PostgreSQL restarted, Redis paused
+for 3 s (``CLIENT PAUSE``: every command hangs, as when the network to it is cut).
+
+Afterwards: every admitted order decided (``fs:admitted`` empty, no dead letters), at least
+one order row per 202, units conserved (confirmed + stock left = units restocked, so
+confirmed never exceeds the stock), the gate agrees with PostgreSQL; no 5xx outside a fault's
+window (the fault, then ``RECOVERY_GRACE_SECONDS``) and socket errors only when an API
+process died; API and worker RSS flat (±10 %, last minute against the first, for processes
+that lived through the run); Redis back to its key count and memory from before the load
+once the finished jobs' TTL has passed.
+
+The rate defaults to 70 % of the admit figure of the newest ``bench/results/paths-*.json``
+(``python -m bench.paths``), or of the 6,500 req/s target when there is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from rq.registry import FailedJobRegistry
+from sqlalchemy import text
+
+from bench.memory import RESULTS, SAMPLE_EVERY_SECONDS, restock, rss_bytes
+from bench.system import BenchSystem, running_system
+from bench.wrk import run_wrk
+from service.settings import REPO_ROOT
+from service.stock_gate import gate_key
+from service.throwaway import wait_until
+from worker.queue import ADMITTED_KEY, RESULT_TTL_SECONDS, order_queue
+
+LOAD_SHARE = 0.7
+FALLBACK_ADMIT_RATE = 6_500
+CONNECTIONS, THREADS, CLIENTS = 64, 2, 20_000
+LOAD_SECONDS_PER_MINUTE = 55
+FAULT_AT_SECONDS = 20
+EXPECTED_LATENCY_MS = 2
+"""Subtracted from each connection's pause so the paced rate lands near the one asked for."""
+RESTOCK_UNITS = 5_000
+REDIS_PAUSE_SECONDS = 3
+RECOVERY_GRACE_SECONDS = 5
+RSS_TOLERANCE = 0.10
+REDIS_MEMORY_SLACK_BYTES = 2 << 20
+"""Above the baseline, Redis's own tables may keep this much after the load's peak (their
+shrinking is lazy): "back" is within it, against a peak of a hundred MiB or more."""
+FAULTS = ("worker_killed", "redis_restarted", "api_killed", "postgres_restarted", "redis_paused")
+
+
+@dataclass
+class FaultWindow:
+    fault: str
+    started: float
+    ended: float = 0.0
+
+    def covers(self, second: int) -> bool:
+        return int(self.started) <= second <= self.ended + RECOVERY_GRACE_SECONDS
+
+
+def _inject(system: BenchSystem, fault: str) -> FaultWindow:
+    window = FaultWindow(fault, time.time())
+    if fault == "worker_killed":
+        victim = next(worker for worker in system.workers if worker.poll() is None)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        system.start_worker()
+    elif fault == "redis_restarted":
+        system.redis_server.restart()
+    elif fault == "api_killed":
+        os.kill(system.api_pids()[0], signal.SIGKILL)
+        wait_until(lambda: len(system.api_pids()) == 2, 60, "uvicorn to replace the API process")
+    elif fault == "postgres_restarted":
+        system.postgres_server.restart()
+    else:
+        system.redis.execute_command("CLIENT", "PAUSE", REDIS_PAUSE_SECONDS * 1000, "ALL")
+        time.sleep(REDIS_PAUSE_SECONDS)  # the pause's own length: Redis lifts it by itself
+    window.ended = time.time()
+    return window
+
+
+@dataclass
+class Samples:
+    """Resident memory per process id, every SAMPLE_EVERY_SECONDS."""
+
+    rows: list[tuple[float, dict[int, int]]] = field(default_factory=list)
+
+    def take(self, system: BenchSystem) -> None:
+        pids = system.api_pids() + [worker.pid for worker in system.workers if worker.poll() is None]
+        rss = {}
+        for pid in pids:
+            try:
+                rss[pid] = rss_bytes(pid)
+            except (FileNotFoundError, ProcessLookupError, StopIteration):
+                continue  # it died between the listing and the read: a fault's victim
+        self.rows.append((time.time(), rss))
+
+    def change(self, pid: int, began: float, ended: float) -> float:
+        """The last minute's mean RSS of ``pid`` relative to its first minute's."""
+        first = [rss[pid] for at, rss in self.rows if at < began + 60 and pid in rss]
+        last = [rss[pid] for at, rss in self.rows if at > ended - 60 and pid in rss]
+        return statistics.mean(last) / statistics.mean(first) - 1
+
+    def survivors(self, began: float, ended: float) -> list[int]:
+        """Processes sampled in both the first and the last minute."""
+        first = {pid for at, rss in self.rows if at < began + 60 for pid in rss}
+        last = {pid for at, rss in self.rows if at > ended - 60 for pid in rss}
+        return sorted(first & last)
+
+
+def _redis_footprint(system: BenchSystem) -> dict[str, int]:
+    memory = system.redis.info("memory")
+    return {
+        "keys": system.redis.dbsize(),
+        "used_memory": memory["used_memory"],
+        "peak": memory["used_memory_peak"],
+    }
+
+
+def default_rate() -> int:
+    newest = max(RESULTS.glob("paths-*.json"), default=None, key=lambda path: path.stat().st_mtime)
+    admit = json.loads(newest.read_text())["admit"]["requests_per_second"] if newest else FALLBACK_ADMIT_RATE
+    return round(admit * LOAD_SHARE)
+
+
+def run_soak(system: BenchSystem, minutes: int, rate: int) -> dict:
+    baseline = _redis_footprint(system)
+    delay_ms = max(0, round(CONNECTIONS * 1000 / rate - EXPECTED_LATENCY_MS))
+    samples, stop = Samples(), threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(SAMPLE_EVERY_SECONDS):
+            samples.take(system)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    began = time.time()
+    samples.take(system)
+    sampler.start()
+    rounds, windows, restocked = [], [], 0
+    try:
+        for minute in range(minutes):
+            restock(system, RESTOCK_UNITS)
+            restocked += RESTOCK_UNITS
+            fault = FAULTS[minute % len(FAULTS)]
+            timer = threading.Timer(FAULT_AT_SECONDS, lambda f=fault: windows.append(_inject(system, f)))
+            timer.start()
+            wrk = run_wrk(
+                system.url, LOAD_SECONDS_PER_MINUTE, CONNECTIONS, THREADS, CLIENTS, delay_ms=delay_ms
+            )
+            timer.join()
+            rounds.append({"minute": minute + 1, "fault": fault, **wrk})
+            print(
+                f"minute {minute + 1:>2}  {fault:<18} {wrk['requests_per_second']:>7,.0f} req/s"
+                f"  p99 {wrk['p99_us'] / 1000:>6.1f} ms  {dict(sorted(wrk['statuses'].items()))}"
+                f"  socket errors {wrk['socket_errors']}",
+                flush=True,
+            )
+    finally:
+        ended = time.time()
+        stop.set()
+        sampler.join()
+    settled_at = time.monotonic()
+    wait_until(
+        lambda: system.redis.zcard(ADMITTED_KEY) == 0, 300, "every admitted order decided", interval=0.5
+    )
+    decided_after = time.monotonic() - settled_at
+    with system.engine.connect() as connection:
+        rows, confirmed, undecided = connection.execute(
+            text(
+                "SELECT count(*), coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0),"
+                " count(*) FILTER (WHERE status NOT IN ('confirmed', 'rejected')) FROM orders"
+            )
+        ).one()
+        stock = connection.execute(text("SELECT stock FROM products WHERE id = 1")).scalar_one()
+
+    def gate_agrees() -> bool:
+        gate = system.redis.get(gate_key(1))
+        return gate is not None and int(gate) == stock
+
+    gate_agreed = _eventually(gate_agrees, 30, "the gate to agree with PostgreSQL")
+    footprint_waited = time.monotonic()
+    back = _eventually(
+        lambda: _redis_back(_redis_footprint(system), baseline), RESULT_TTL_SECONDS + 120, "Redis", interval=5
+    )
+    return {
+        "minutes": minutes,
+        "rate_asked": rate,
+        "rounds": rounds,
+        "windows": [vars(window) for window in windows],
+        "restocked": restocked,
+        "order_rows": rows,
+        "confirmed_units": confirmed,
+        "undecided_rows": undecided,
+        "stock_left": stock,
+        "dead_letters": FailedJobRegistry(queue=order_queue(system.redis)).count,
+        "decided_seconds_after_load": round(decided_after, 1),
+        "gate_agrees": gate_agreed,
+        "rss_change": {
+            pid: round(samples.change(pid, began, ended), 3) for pid in samples.survivors(began, ended)
+        },
+        "redis_before": baseline,
+        "redis_after": _redis_footprint(system),
+        "redis_back": back,
+        "redis_back_after_seconds": round(time.monotonic() - footprint_waited),
+    }
+
+
+def _eventually(predicate, timeout: float, what: str, interval: float = 0.5) -> bool:
+    """``wait_until``, as a yes or no for the verdict."""
+    try:
+        wait_until(predicate, timeout, what, interval)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _redis_back(now: dict[str, int], before: dict[str, int]) -> bool:
+    """Memory, not key count: RQ and the workers keep a few short-lived locks and markers."""
+    return now["used_memory"] <= before["used_memory"] + REDIS_MEMORY_SLACK_BYTES
+
+
+def verdict(result: dict) -> list[str]:
+    """The promises the soak checks that did not hold."""
+    missed = []
+    windows = [FaultWindow(**window) for window in result["windows"]]
+    for round_ in result["rounds"]:
+        outside = {
+            s: n for s, n in round_["server_errors_at"].items() if not any(w.covers(s) for w in windows)
+        }
+        if outside:
+            missed.append(f"minute {round_['minute']}: 5xx outside the fault window: {outside}")
+        if round_["socket_errors"] and round_["fault"] != "api_killed":
+            missed.append(f"minute {round_['minute']}: {round_['socket_errors']} socket errors, no API died")
+    answered_yes = sum(round_["statuses"].get(202, 0) for round_ in result["rounds"])
+    if result["order_rows"] < answered_yes:
+        missed.append(f"{answered_yes} answers 202 but only {result['order_rows']} orders")
+    if result["undecided_rows"] or result["dead_letters"]:
+        missed.append(f"{result['undecided_rows']} undecided orders, {result['dead_letters']} dead letters")
+    if result["confirmed_units"] + result["stock_left"] != result["restocked"] or result["stock_left"] < 0:
+        missed.append(
+            f"units not conserved: {result['confirmed_units']} confirmed + {result['stock_left']} left"
+            f" != {result['restocked']} restocked"
+        )
+    if not result["gate_agrees"]:
+        missed.append("the stock gate disagrees with PostgreSQL")
+    missed += [
+        f"RSS of {pid} changed {c:+.1%}" for pid, c in result["rss_change"].items() if abs(c) > RSS_TOLERANCE
+    ]
+    if not result["redis_back"]:
+        missed.append(f"Redis not back: {result['redis_after']} after, {result['redis_before']} before")
+    return missed
+
+
+def report(result: dict) -> None:
+    answers: dict[int, int] = {}
+    for round_ in result["rounds"]:
+        for status, count in round_["statuses"].items():
+            answers[status] = answers.get(status, 0) + count
+    total = sum(answers.values())
+    seconds = len(result["rounds"]) * LOAD_SECONDS_PER_MINUTE
+    print(
+        f"{total:,} answers in {result['minutes']} min"
+        f" ({total / seconds:,.0f} req/s, asked {result['rate_asked']:,})"
+    )
+    print(f"answers: {dict(sorted(answers.items()))}")
+    for window in result["windows"]:
+        print(f"  {window['fault']:<18} took {window['ended'] - window['started']:.1f} s")
+    print(
+        f"orders: {result['order_rows']:,} rows, {result['confirmed_units']:,} units confirmed of"
+        f" {result['restocked']:,} restocked, {result['stock_left']:,} left; all decided"
+        f" {result['decided_seconds_after_load']} s after the load; dead letters {result['dead_letters']}"
+    )
+    changes = ", ".join(f"{c:+.1%}" for c in result["rss_change"].values())
+    print(f"RSS last vs first minute (processes that lived through it): {changes}")
+    before, after = result["redis_before"], result["redis_after"]
+    print(
+        f"Redis used memory {before['used_memory'] / 2**20:.1f} MiB before, peak {after['peak'] / 2**20:.1f},"
+        f" {after['used_memory'] / 2**20:.1f} after ({'back' if result['redis_back'] else 'NOT back'}"
+        f" {result['redis_back_after_seconds']} s after the load);"
+        f" keys {before['keys']} before, {after['keys']} after"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--rate", type=int, default=None, help="requests per second (default: see above)")
+    args = parser.parse_args(argv)
+    rate = args.rate or default_rate()
+    with running_system(workers=2, stock=0, redis_options=("--appendonly", "yes")) as system:
+        result = run_soak(system, args.minutes, rate)
+    report(result)
+    missed = verdict(result)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"soak-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"written: {out.relative_to(REPO_ROOT)}")
+    if missed:
+        print("promises broken: " + "; ".join(missed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
