@@ -88,14 +88,18 @@ def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair |
         except WatchError:
             log.info("gate moved while reconciling; next pass", extra={"product_id": product_id})
             return None
-    repair = Repair(product_id, None if before is None else int(before), target)
-    log.warning(
-        "stock gate repaired", extra={"product_id": product_id, "before": repair.gate_before, "after": target}
-    )
-    return repair
+    return Repair(product_id, None if before is None else int(before), target)
 
 
 def reconcile(redis: Redis, engine: Engine) -> list[Repair]:
-    return [
-        repair for product_id in _stocks(engine) if (repair := reconcile_product(redis, engine, product_id))
-    ]
+    """One pass over every product; a gate that had to be repaired is logged (a warning: it
+    drifted). The admin API sets gates the same way after a restock, which is no drift."""
+    repairs = []
+    for product_id in _stocks(engine):
+        if repair := reconcile_product(redis, engine, product_id):
+            log.warning(
+                "stock gate repaired",
+                extra={"product_id": product_id, "before": repair.gate_before, "after": repair.gate_after},
+            )
+            repairs.append(repair)
+    return repairs
