@@ -93,10 +93,11 @@ def async_redis_client(url: str) -> aioredis.Redis:
         socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
-        # One more try: what lets a failed health check reconnect. redis-py also repeats a
-        # command whose connection failed; admit.lua, the one call that must not run twice,
+        # One more try on a lost connection: what lets a failed health check reconnect. Not on
+        # a timeout: a slow Redis must cost one timeout, not three. redis-py also repeats a
+        # command whose connection was lost; admit.lua, the one call that must not run twice,
         # goes through service.auto_pipeline, which never repeats.
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)
 
