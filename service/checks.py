@@ -17,6 +17,8 @@ from service.settings import Settings
 
 REQUEST_TIMEOUT_SECONDS = 5
 RQ_LONGEST_RECONNECT_WAIT_SECONDS = 60  # rq.Worker.max_connection_wait_time
+WORKER_REDIS_RETRY_SECONDS = 30
+"""How long a worker's Redis command keeps retrying a refused or lost connection (worker/runner.py)."""
 
 
 def _call(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -59,9 +61,11 @@ def check_demo(base_url: str, requests: int = 10) -> str | None:
 
 def worker_max_silence(settings: Settings) -> float:
     """The longest a healthy worker goes between heartbeats: a job, an idle wait, or RQ's
-    longest pause between attempts to reach Redis, whichever is longest, plus margin."""
+    longest pause between attempts to reach Redis after a command's own retries, whichever is
+    longest, plus margin."""
     busiest = settings.job_timeout_seconds + settings.worker_maintenance_interval
-    return max(busiest, RQ_LONGEST_RECONNECT_WAIT_SECONDS) + settings.worker_maintenance_interval
+    waiting_for_redis = RQ_LONGEST_RECONNECT_WAIT_SECONDS + WORKER_REDIS_RETRY_SECONDS
+    return max(busiest, waiting_for_redis) + settings.worker_maintenance_interval
 
 
 def check_worker(heartbeat_file: Path | None, max_silence_seconds: float) -> str | None:

@@ -1,12 +1,10 @@
 """Workers under pressure: a hot row, and a worker killed in the middle of a job."""
 
-import os
 import signal
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from rq import Worker
 from rq.registry import FailedJobRegistry
 from sqlalchemy import text
 
@@ -43,13 +41,6 @@ def test_eight_workers_drain_two_thousand_orders_on_one_hot_row(system, fresh_db
     assert FailedJobRegistry(queue=order_queue(redis)).count == 0
 
 
-def _busy_worker(redis, names):
-    for worker in Worker.all(queue=order_queue(redis)):
-        if worker.name in names and worker.get_state() == "busy":
-            return worker
-    return None
-
-
 def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, fresh_db, redis):
     system.start_workers(3)
     stock_before, _ = product_state(fresh_db)
@@ -58,13 +49,8 @@ def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, f
     blocker_tx = blocker.begin()
     blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
     order_ids = _enqueue(redis, 60)
-    names = {f"test-worker-{os.getpid()}-{i}" for i in range(3)}
     try:
-        wait_until(lambda: _busy_worker(redis, names) is not None, 20, "a worker busy with a job")
-        victim = _busy_worker(redis, names)
-        process = next(p for p in system.workers if p.pid == victim.pid)
-        os.killpg(process.pid, signal.SIGKILL)  # the whole pod: worker and its scheduler
-        process.wait(10)
+        system.kill_worker(system.busy_worker(20))  # the whole pod: worker and its scheduler
     finally:
         blocker_tx.rollback()
         blocker.close()
@@ -84,9 +70,7 @@ def test_sigterm_lets_a_busy_worker_finish_its_order_and_take_no_other(system, f
     blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
     _enqueue(redis, 5)
     try:
-        wait_until(
-            lambda: _busy_worker(redis, {w.name for w in Worker.all(queue=order_queue(redis))}), 20, "busy"
-        )
+        system.busy_worker(20)
         process.send_signal(signal.SIGTERM)
     finally:
         blocker_tx.rollback()

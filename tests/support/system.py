@@ -104,6 +104,19 @@ class System:
 
             wait_until(registered, START_TIMEOUT_SECONDS, f"{count} workers")
 
+    def busy_worker(self, timeout: float = START_TIMEOUT_SECONDS) -> int:
+        """Wait for a worker busy with a job (RQ's record of it); returns its index."""
+        found: list[int] = []
+
+        def busy() -> bool:
+            with Redis.from_url(self.env["FLASHSALE_REDIS_URL"]) as redis:
+                pids = {w.pid for w in Worker.all(queue=order_queue(redis)) if w.get_state() == "busy"}
+            found[:] = [i for i, process in enumerate(self.workers) if process.pid in pids]
+            return bool(found)
+
+        wait_until(busy, timeout, "a worker busy with a job")
+        return found[0]
+
     def kill_worker(self, index: int) -> None:
         """SIGKILL a worker and everything it started, as when its pod dies."""
         process = self.workers.pop(index)
