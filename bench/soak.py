@@ -138,7 +138,7 @@ def default_rate() -> int:
     return round(admit * LOAD_SHARE)
 
 
-def run_soak(system: BenchSystem, minutes: int, rate: int) -> dict:
+def run_soak(system: BenchSystem, minutes: int, rate: int, settle_seconds: float) -> dict:
     baseline = _redis_footprint(system)
     delay_ms = max(0, round(CONNECTIONS * 1000 / rate - EXPECTED_LATENCY_MS))
     samples, stop = Samples(), threading.Event()
@@ -195,7 +195,7 @@ def run_soak(system: BenchSystem, minutes: int, rate: int) -> dict:
     gate_agreed = _eventually(gate_agrees, 30, "the gate to agree with PostgreSQL")
     footprint_waited = time.monotonic()
     back = _eventually(
-        lambda: _redis_back(_redis_footprint(system), baseline), RESULT_TTL_SECONDS + 120, "Redis", interval=5
+        lambda: _redis_back(_redis_footprint(system), baseline), settle_seconds, "Redis", interval=5
     )
     return {
         "minutes": minutes,
@@ -300,10 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--rate", type=int, default=None, help="requests per second (default: see above)")
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=RESULT_TTL_SECONDS + 120,
+        help="how long Redis memory may take to come back (default: the finished jobs' TTL + 2 min)",
+    )
     args = parser.parse_args(argv)
     rate = args.rate or default_rate()
     with running_system(workers=2, stock=0, redis_options=("--appendonly", "yes")) as system:
-        result = run_soak(system, args.minutes, rate)
+        result = run_soak(system, args.minutes, rate, args.settle_seconds)
     report(result)
     missed = verdict(result)
     RESULTS.mkdir(exist_ok=True)
