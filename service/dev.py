@@ -48,7 +48,10 @@ def _choose_redis(stack: ExitStack, configured: str | None) -> str:
     if configured and _redis_answers(configured):
         return configured
     if configured:
-        log.warning("configured Redis does not answer; starting a throwaway one", extra={"url": configured})
+        log.warning(
+            "configured Redis does not answer; starting a throwaway one",
+            extra={"url": redact_url(configured)},
+        )
     url = stack.enter_context(redis_server())
     log.info("started throwaway redis-server", extra={"url": url})
     return url

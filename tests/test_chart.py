@@ -183,18 +183,95 @@ def test_the_collector_receives_the_pods_traces_when_enabled():
     }
 
 
-def test_every_container_is_locked_down_and_pinned(values_file):
-    for name, spec in _pod_specs(objects(values_of(values_file))).items():
-        assert spec["securityContext"]["runAsNonRoot"] is True, name
+def _claims(rendered: list[dict]) -> dict[str, set[str]]:
+    """StatefulSet name -> the names of its volume claim templates (its persistent mounts)."""
+    return {
+        o["metadata"]["name"]: {c["metadata"]["name"] for c in o["spec"].get("volumeClaimTemplates", [])}
+        for o in rendered
+        if o["kind"] == "StatefulSet"
+    }
+
+
+def test_every_pod_and_container_is_locked_down_and_pinned(values_file):
+    rendered = objects(values_of(values_file))
+    claims = _claims(rendered)
+    for name, spec in _pod_specs(rendered).items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] > 0 and pod["runAsGroup"] > 0 and pod["fsGroup"] > 0, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["automountServiceAccountToken"] is False, name
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(spec), name
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for container in spec["containers"]:
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, name
             assert context["allowPrivilegeEscalation"] is False, name
-            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert context.get("privileged") is not True, name
+            assert context["capabilities"]["drop"] == ["ALL"] and "add" not in context["capabilities"], name
+            assert context.get("runAsNonRoot") is not False and context.get("runAsUser") != 0, name
             image, _, tag = container["image"].rpartition(":")
             assert image and tag and tag != "latest" and "/" not in tag, container["image"]
             assert container["resources"]["requests"] and container["resources"]["limits"], name
+            # Writable paths are emptyDirs and claims only; configuration is mounted read-only.
+            for mount in container.get("volumeMounts", []):
+                volume = volumes.get(mount["name"])
+                if volume is None:
+                    assert mount["name"] in claims.get(name, ()), (name, mount)
+                elif "configMap" in volume or "secret" in volume:
+                    assert mount.get("readOnly") is True, (name, mount)
+                else:
+                    assert set(volume) == {"name", "emptyDir"}, (name, volume)
+        if "-redis" not in name and "-postgresql" not in name and "-otel-collector" not in name:
+            (tmp,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert "emptyDir" in volumes[tmp["name"]], "flashsale's one writable path"
+    for account in _by_kind(rendered, "ServiceAccount").values():
+        assert account["automountServiceAccountToken"] is False
+
+
+SECRET_VALUES = [
+    {
+        "adminToken": "admin-token-3f9c",
+        "postgresql": {"auth": {"password": "db-password-8e1a"}},
+        "limiterRedis": {"url": "redis://:limiter-password-51d0@limiter:6379/0"},
+    },
+    {
+        "adminToken": "admin-token-3f9c",
+        "redis": {"enabled": False, "external": {"url": "redis://:redis-password-c27b@cache:6379/0"}},
+        "postgresql": {"enabled": False, "external": {"url": "postgresql://app:db-password-8e1a@db/sale"}},
+        "worker": {"autoscaling": {"keda": {"redisAddress": "cache:6379"}}},
+    },
+]
+SECRETS = ["admin-token-3f9c", "db-password-8e1a", "limiter-password-51d0", "redis-password-c27b"]
+SECRET_ENV = {
+    "FLASHSALE_ADMIN_TOKEN",
+    "FLASHSALE_REDIS_URL",
+    "FLASHSALE_LIMITER_REDIS_URL",
+    "FLASHSALE_DATABASE_URL",
+    "POSTGRES_PASSWORD",
+}
+
+
+@pytest.mark.parametrize("values", SECRET_VALUES, ids=["in-chart", "external"])
+def test_secret_values_reach_pods_only_through_secret_key_refs(values):
+    texts = render(values)
+    found = {secret for secret in SECRETS if any(secret in text for text in texts.values())}
+    assert found, "the values carry secrets"
+    for secret in found:
+        holders = [path for path, text in texts.items() if secret in text]
+        assert all(path.endswith("secret.yaml") for path in holders), (secret, holders)
+    rendered = objects(values)
+    for o in rendered:
+        if any(secret in str(o) for secret in found):
+            assert o["kind"] == "Secret", o["metadata"]["name"]
+    for name, spec in _pod_specs(rendered).items():
+        for container in spec["containers"]:
+            for env in container.get("env", []):
+                if env["name"] in SECRET_ENV:
+                    assert set(env) == {"name", "valueFrom"} and "secretKeyRef" in env["valueFrom"], (
+                        name,
+                        env,
+                    )
 
 
 def test_pods_roll_when_the_configuration_changes():
@@ -225,7 +302,9 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
     ]
     assert ingress_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "traefik"}}
     assert test_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
-    assert policies["flashsale-egress"]["spec"]["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    *_, cidrs, collector = policies["flashsale-egress"]["spec"]["egress"]
+    assert cidrs["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert collector["ports"] == [{"port": 4318, "protocol": "TCP"}], "extraEgress: the traces' way out"
 
     in_chart = _by_kind(objects({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
     redis_from = in_chart["flashsale-redis"]["spec"]["ingress"][0]["from"]
@@ -236,8 +315,71 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
         "seed",
     ]
     assert redis_from[1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
-    assert "flashsale-postgresql" in in_chart
+    for store in ("flashsale-redis", "flashsale-postgresql"):
+        spec = in_chart[store]["spec"]
+        assert "Egress" in spec["policyTypes"] and not spec.get("egress"), f"{store} calls out to nothing"
+    # Without an ingress, no ingress-controller peer: only test pods and Prometheus call the API.
+    api_peers = in_chart["flashsale-api"]["spec"]["ingress"][0]["from"]
+    assert [
+        p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for p in api_peers
+    ] == [
+        "test",
+        None,
+    ]
+    # flashsale's pods reach each in-chart server on its own port only, and DNS.
+    egress = in_chart["flashsale-egress"]["spec"]["egress"]
+    ports = {
+        rule["to"][0]["podSelector"]["matchLabels"].get("app.kubernetes.io/component", "dns"): [
+            p["port"] for p in rule["ports"]
+        ]
+        for rule in egress
+    }
+    assert ports == {
+        "api": [8000],
+        "otel-collector": [4318],
+        "postgresql": [5432],
+        "redis": [6379],
+        "dns": [53, 53],
+    }
     assert not _by_kind(objects({}), "NetworkPolicy"), "off unless asked"
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "only In is used"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def test_with_network_policies_every_pod_is_fenced_and_no_peer_is_everyone(values_file):
+    values = values_of(values_file)
+    policy = values.setdefault("networkPolicy", {})
+    policy["enabled"] = True
+    if values.get("ingress", {}).get("enabled"):
+        policy.setdefault(
+            "ingressNamespaceSelector", {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}
+        )
+    rendered = objects(values)
+    policies = [p["spec"] for p in _by_kind(rendered, "NetworkPolicy").values()]
+    pods = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "Pod"}
+    pods |= {
+        o["metadata"]["name"]: o["spec"]["template"]
+        for o in rendered
+        if o["kind"] in ("Deployment", "StatefulSet", "Job")
+    }
+    for name, pod in pods.items():
+        labels = pod["metadata"]["labels"]
+        fenced = {t for p in policies if _selects(p["podSelector"], labels) for t in p["policyTypes"]}
+        needed = {"Ingress"} if name.endswith("-otel-collector") else {"Ingress", "Egress"}
+        assert needed <= fenced, (name, fenced)
+    for policy in policies:
+        for rule in policy.get("ingress", []):
+            for peer in rule["from"]:
+                # An empty selector on its own is every pod (or every namespace's pods).
+                assert any(selector for selector in peer.values()), peer
 
 
 def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
@@ -267,6 +409,21 @@ def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
         {"config": {"logLevel": "LOUD"}},
         {"config": {"extraEnv": {"lower-case": "x"}}},
         {"replicaCount": 3},  # a misplaced key is an error, not silently ignored
+        {"podSecurityContext": {"runAsNonRoot": False}},
+        {"podSecurityContext": {"runAsUser": 0}},
+        {"securityContext": {"readOnlyRootFilesystem": False}},
+        {"securityContext": {"allowPrivilegeEscalation": True}},
+        {"securityContext": {"privileged": True}},
+        {"securityContext": {"capabilities": {"drop": []}}},
+        {"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}},
+        {"config": {"extraEnv": {"FLASHSALE_ADMIN_TOKEN": "s3cret"}}},  # secrets never in the ConfigMap
+        {"config": {"extraEnv": {"FLASHSALE_DATABASE_URL": "postgresql://u:pw@db/x"}}},
+        # behind an ingress, the policy must name the controller, or every pod may call the API
+        {
+            "ingress": {"enabled": True},
+            "api": {"trustedProxies": ["10.0.0.0/8"]},
+            "networkPolicy": {"enabled": True},
+        },
     ],
     ids=str,
 )

@@ -51,9 +51,11 @@ def _spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
 
 @dataclass
 class OtlpReceiver:
-    """Serves ``POST /v1/traces`` on a free loopback port; ``spans`` holds what arrived."""
+    """Serves ``POST /v1/traces`` on a free loopback port; ``spans`` holds what arrived, and
+    ``bodies`` every export as sent (resources, events and all)."""
 
     spans: list[ReceivedSpan] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
 
     def __enter__(self) -> OtlpReceiver:
         receiver = self
@@ -64,6 +66,7 @@ class OtlpReceiver:
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
                 receiver.spans.extend(_spans(request))
+                receiver.bodies.append(body)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
