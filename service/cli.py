@@ -14,6 +14,8 @@ log = logging.getLogger("flashsale")
 def _api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.http_server import GuardedHttpToolsProtocol
+
     uvicorn.run(
         "service.app:serve_app",
         factory=True,
@@ -22,6 +24,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         # Our code resolves the client from X-Forwarded-For (FLASHSALE_TRUSTED_PROXIES);
         # uvicorn's own handling would trust any loopback peer.
         proxy_headers=False,
+        http=GuardedHttpToolsProtocol,  # slow, oversized and unparsable requests: see there
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=args.shutdown_timeout,

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
@@ -20,7 +21,31 @@ from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE_PREFIX = "urn:flashsale:problem:"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """An RFC 9457 problem as the OpenAPI document shows it; some types add members
+    (``errors``, ``available``, ``violated``…), which the schema allows."""
+
+    status: int
+    title: str
+    type: str = "about:blank"
+    detail: str | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The problems a route may answer, for its ``responses=`` (the OpenAPI document)."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_MEDIA_TYPE,
+            description=HTTPStatus(status).phrase,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
 
 
 def problem(

@@ -6,7 +6,8 @@ plain request (a JSON body that decodes at once, no tracing to record, no browse
 exchange) is decided by the same ``decide_buy`` the route runs, and its answer written
 directly: a 202, or the problem the route would send (429 from the deny cache and 409 from
 the sold-out latch need no Redis call at all). Anything else, and every body that does not
-decode, goes the full way, which answers it as documented (400, 413…).
+decode or is not declared JSON, goes the full way, which answers it as documented (400, 413,
+415…).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
 from service.errors import internal_problem, problem_body, unavailable_problem
+from service.request_body import is_json
 from service.resources import Resources
 from service.routes.buy import decide_buy
 from service.schemas import MAX_BODY_BYTES, BuyRequest
@@ -53,6 +55,8 @@ async def answer_buy(resources: Resources, scope: Scope, receive: Receive) -> tu
     request = Request(scope, receive)
     if tracing_on() or (resources.settings.cors_origins and "origin" in request.headers):
         return None, receive  # Litestar's tracing and CORS layers must see these
+    if not is_json(request.headers.get("content-type")):
+        return None, receive  # the route's guard answers 415 before the body is read
     message = await receive()
     replay = _replaying(message, receive)
     body = message.get("body", b"")
@@ -60,7 +64,9 @@ async def answer_buy(resources: Resources, scope: Scope, receive: Receive) -> tu
         return None, replay
     try:
         wanted = _DECODER.decode(body) if body else BuyRequest()
-    except msgspec.DecodeError:  # bad JSON or not a BuyRequest: the route answers its 400
+    # Bad JSON or not a BuyRequest: the route answers its 400. msgspec raises more than its
+    # DecodeError (a UnicodeDecodeError for invalid UTF-8 in a key, a RecursionError): all of it.
+    except (ValueError, RecursionError):
         return None, replay
     try:
         accepted, headers = await decide_buy(resources, request, wanted)

@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from service.fast_buy import answer_buy
+from service.http_server import READ_TIMED_OUT
 from service.metrics import REQUEST_ERRORS, REQUEST_SECONDS, REQUESTS
 from service.sale_stats import BUY_PATH, OUTCOME_COUNTS, outcome_of, replayed_in
 
@@ -91,6 +92,8 @@ class FlashsaleApp(Litestar):
         seconds: float,
         answered_in: Context | None,
     ) -> None:
+        if status >= 500 and READ_TIMED_OUT in scope:  # the body never came; the client got a 408
+            status = 408
         path = scope.get("path_template") or UNMATCHED
         requests, durations, errors = self._metrics_for(scope["method"], path, status)
         requests.inc()

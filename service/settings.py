@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     limiter_deny_cache: bool = True
     """Answer 429 locally, without Redis, while a bucket is known to be empty."""
     admin_token: str | None = None
+    request_timeout_seconds: float = 10.0
+    """Longest a client may take to send a whole request, headers and body; a slower one is
+    answered 408 and its connection closed (a slowloris holds nothing for long)."""
     cors_origins: tuple[str, ...] = ()
     host: str = "0.0.0.0"
     port: int = 8000
@@ -208,6 +211,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "limiter_breaker_cooldown_ms": _positive_int,
     "limiter_deny_cache": _boolean,
     "admin_token": str,
+    "request_timeout_seconds": _positive_float,
     "cors_origins": _csv,
     "host": str,
     "port": _port,

@@ -1,6 +1,7 @@
 """The admin API: a locked door, products, restocks, sale windows and per-customer limits."""
 
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -32,21 +33,78 @@ def _new_product(client, **fields):
     return response.json()
 
 
-def test_the_door_is_locked(client, settings_env, fresh_db, caplog):
+def _admin_requests(app):
+    """(method, path) of every admin route the app serves, so a new one is checked too."""
+    return [
+        (method, re.sub(r"\{[^}]+\}", "1", route.path))
+        for route in app.routes
+        if route.path.startswith("/admin")
+        for method in sorted(route.methods - {"OPTIONS"})
+    ]
+
+
+SAME_LENGTH = "x" * len(TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "error"),
+    [
+        (None, None),
+        ("", None),
+        ("Bearer", None),
+        ("Bearer ", None),
+        (TOKEN, None),  # no scheme
+        (f"Basic {TOKEN}", None),
+        (f"Token {TOKEN}", None),
+        (f"Bearer {SAME_LENGTH}", "invalid_token"),
+        (f"Bearer {TOKEN[:-1]}X", "invalid_token"),  # one character off
+        (f"Bearer {TOKEN[:-1]}", "invalid_token"),  # a prefix
+        (f"Bearer {TOKEN}x", "invalid_token"),
+        (f"Bearer {TOKEN * 40}", "invalid_token"),
+        (f"Bearer  {TOKEN}", "invalid_token"),  # the extra space is part of the token
+        ("Bearer g\u00fcess".encode(), "invalid_token"),  # not ASCII (raw UTF-8 bytes)
+    ],
+    ids=repr,
+)
+def test_every_admin_route_is_locked_without_the_right_token(client, fresh_db, authorization, error, caplog):
     caplog.set_level(logging.DEBUG)
-    missing = client.post("/admin/products", json={"name": "x"})
-    assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
-    assert missing.headers["content-type"] == "application/problem+json"
-    wrong = client.post("/admin/products", json={"name": "x"}, headers={"authorization": "Bearer guess"})
-    assert wrong.status_code == 403
-    assert (
-        client.post("/admin/products", json={"name": "x"}, headers={"authorization": TOKEN}).status_code
-        == 401
+    headers = {} if authorization is None else {"authorization": authorization}
+    routes = _admin_requests(client.app)
+    assert len(routes) == 3
+    for method, path in routes:
+        refused = client.request(method, path, json={"name": "x", "units": 1}, headers=headers)
+        assert refused.status_code == 401, (method, path, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+        challenge = refused.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="flashsale-admin"')
+        assert ('error="invalid_token"' in challenge) is (error is not None)
+        assert TOKEN not in refused.text
+    assert TOKEN not in caplog.text and SAME_LENGTH not in caplog.text
+    assert product_state(fresh_db, 1)[0] == 100 and client.get("/products/2").status_code == 404, (
+        "nothing was created or restocked"
     )
-    with TestClient(create_app(settings_from_env(settings_env))) as no_admin:
-        off = no_admin.post("/admin/products", json={"name": "x"}, headers=AUTH)
-        assert off.status_code == 403 and off.json()["type"] == "urn:flashsale:problem:admin-disabled"
-    assert TOKEN not in caplog.text and "guess" not in caplog.text
+
+
+def test_the_scheme_is_case_insensitive(client):
+    restocked = client.post(
+        "/admin/products/1/restock", json={"units": 1}, headers={"authorization": f"bEARER {TOKEN}"}
+    )
+    assert restocked.status_code == 200, restocked.text
+
+
+@pytest.mark.parametrize("configured", [None, "", "   "], ids=repr)
+@pytest.mark.parametrize("authorization", [None, "Bearer ", "Bearer  ", f"Bearer {TOKEN}"], ids=repr)
+def test_without_a_configured_token_the_admin_api_is_closed(
+    settings_env, fresh_db, configured, authorization
+):
+    env = {**settings_env, **({} if configured is None else {"FLASHSALE_ADMIN_TOKEN": configured})}
+    headers = {} if authorization is None else {"authorization": authorization}
+    with TestClient(create_app(settings_from_env(env))) as closed:
+        for method, path in _admin_requests(closed.app):
+            off = closed.request(method, path, json={"name": "x", "units": 1}, headers=headers)
+            assert off.status_code == 403, (method, path, off.text)
+            assert off.json()["type"] == "urn:flashsale:problem:admin-disabled"
+    assert product_state(fresh_db, 1)[0] == 100, "nothing was restocked"
 
 
 def test_a_created_product_can_be_bought_and_followed(client):

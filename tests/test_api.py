@@ -9,22 +9,13 @@ from litestar.testing import TestClient
 from service.app import create_app
 from service.stock_gate import gate_key
 from service.throwaway import wait_until
-
-PROBLEM = "application/problem+json"
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture
 def client(settings, fresh_db):
     with TestClient(create_app(settings)) as client:
         yield client
-
-
-def _assert_problem(response, status):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status and body["title"]
-    return body
 
 
 def test_an_empty_object_buys_one_of_the_demo_product(client):
@@ -65,7 +56,7 @@ def test_no_body_at_all_is_the_same_as_an_empty_object(client):
     ],
 )
 def test_bad_bodies_are_400_problems(client, body):
-    problem = _assert_problem(client.post("/buy", json=body), 400)
+    problem = assert_problem(client.post("/buy", json=body), 400)
     assert problem["type"] == "urn:flashsale:problem:invalid-request"
     assert problem["errors"], problem
 
@@ -75,27 +66,27 @@ def test_bad_bodies_are_400_problems(client, body):
     [b"{", b'{"quantity": 1', b"\xff\xfe\x00", b"not json", b'{"quantity": 1}{"quantity": 2}'],
 )
 def test_malformed_json_is_a_400_problem(client, raw):
-    _assert_problem(client.post("/buy", content=raw, headers={"content-type": "application/json"}), 400)
+    assert_problem(client.post("/buy", content=raw, headers={"content-type": "application/json"}), 400)
 
 
 def test_an_oversized_body_is_refused_with_413(client):
-    _assert_problem(
+    assert_problem(
         client.post("/buy", content=b" " * 20_000, headers={"content-type": "application/json"}), 413
     )
 
 
 def test_an_unknown_product_is_422(client, redis):
-    problem = _assert_problem(client.post("/buy", json={"product_id": 424242}), 422)
+    problem = assert_problem(client.post("/buy", json={"product_id": 424242}), 422)
     assert problem["type"] == "urn:flashsale:problem:unknown-product"
     assert not redis.exists(gate_key(424242))
 
 
 def test_sold_out_is_409_and_a_too_large_order_says_what_is_left(client, redis):
     redis.set(gate_key(1), 2)
-    problem = _assert_problem(client.post("/buy", json={"quantity": 3}), 409)
+    problem = assert_problem(client.post("/buy", json={"quantity": 3}), 409)
     assert problem["type"] == "urn:flashsale:problem:insufficient-stock" and problem["available"] == 2
     assert client.post("/buy", json={"quantity": 2}).status_code == 202
-    problem = _assert_problem(client.post("/buy", json={}), 409)
+    problem = assert_problem(client.post("/buy", json={}), 409)
     assert problem["type"] == "urn:flashsale:problem:sold-out"
 
 
@@ -109,7 +100,7 @@ def test_the_sixth_instant_request_is_429_with_retry_after(client):
     statuses = [client.post("/buy", json={}).status_code for _ in range(5)]
     assert statuses == [202] * 5
     response = client.post("/buy", json={})
-    problem = _assert_problem(response, 429)
+    problem = assert_problem(response, 429)
     assert problem["type"] == "urn:flashsale:problem:rate-limited"
     assert problem["violated"] == ["per-ip"]
     assert response.headers["retry-after"] == "1"
@@ -117,15 +108,15 @@ def test_the_sixth_instant_request_is_429_with_retry_after(client):
 
 
 def test_orders_and_products_that_do_not_exist_are_404_problems(client):
-    _assert_problem(client.get(f"/orders/{uuid.uuid4()}"), 404)
-    _assert_problem(client.get("/orders/not-a-uuid"), 404)
-    _assert_problem(client.get("/products/999"), 404)
-    _assert_problem(client.get("/products/abc"), 404)
-    _assert_problem(client.get("/nowhere"), 404)
+    assert_problem(client.get(f"/orders/{uuid.uuid4()}"), 404)
+    assert_problem(client.get("/orders/not-a-uuid"), 404)
+    assert_problem(client.get("/products/999"), 404)
+    assert_problem(client.get("/products/abc"), 404)
+    assert_problem(client.get("/nowhere"), 404)
 
 
 def test_a_wrong_method_is_a_405_problem(client):
-    _assert_problem(client.get("/buy"), 405)
+    assert_problem(client.get("/buy"), 405)
 
 
 def test_product_shows_stock_and_sale_state(client, redis):
@@ -198,7 +189,7 @@ def test_an_idempotency_key_replays_the_first_answer(client, redis):
     assert again.json()["order_id"] == first.json()["order_id"]
     assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
     assert int(redis.get(gate_key(1))) == 98, "the replay took nothing more"
-    reused = _assert_problem(
+    reused = assert_problem(
         client.post("/buy", json={"quantity": 1}, headers={"idempotency-key": "order-attempt-1"}), 422
     )
     assert reused["type"] == "urn:flashsale:problem:idempotency-key-reused"
@@ -207,7 +198,7 @@ def test_an_idempotency_key_replays_the_first_answer(client, redis):
 @pytest.mark.parametrize("key", ["", '""', "x" * 256, "bad\tkey", b"caf\xe9"])
 def test_a_malformed_idempotency_key_is_a_400(client, key):
     response = client.post("/buy", json={}, headers={"idempotency-key": key})
-    assert _assert_problem(response, 400)["type"] == "urn:flashsale:problem:invalid-idempotency-key"
+    assert assert_problem(response, 400)["type"] == "urn:flashsale:problem:invalid-idempotency-key"
 
 
 def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure(monkeypatch):

@@ -13,9 +13,10 @@ from redis.exceptions import RedisError
 
 from db.orders import find_product
 from service.admission import Admission, Decision, admit
-from service.errors import problem
+from service.errors import problem, problem_responses
 from service.identity import ClientIdentity, client_identity
 from service.ratelimit import ratelimit_headers
+from service.request_body import json_bodies_only
 from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit, limited_problem
 from service.schemas import BuyAccepted, BuyRequest
@@ -145,7 +146,14 @@ async def decide_buy(
     return BuyAccepted(order_id=admission.order_id, status_url=status_url), headers
 
 
-@post("/buy", status_code=202, summary="Buy a product", operation_id="buy")
+@post(
+    "/buy",
+    status_code=202,
+    summary="Buy a product",
+    operation_id="buy",
+    guards=[json_bodies_only],
+    responses=problem_responses(400, 408, 409, 413, 415, 422, 429, 503),
+)
 async def buy(request: Request, data: JSONBody[BuyRequest | None] = None) -> Response[BuyAccepted]:
     """The documented route; ``service.fast_buy`` answers the plain requests before it."""
     accepted, headers = await decide_buy(request.app.state.resources, request, data or BuyRequest())

@@ -86,6 +86,7 @@ class DashboardController(Controller):
         "/events",
         summary="The sale's numbers every second (server-sent events)",
         operation_id="dashboardEvents",
+        include_in_schema=False,  # a stream that never ends: nothing OpenAPI clients can call
     )
     async def events(self, resources: NamedDependency[Resources]) -> ServerSentEvent:
         return ServerSentEvent(

@@ -7,6 +7,7 @@ import asyncio
 from anyio import to_thread
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from db.session import database_reachable
@@ -28,7 +29,14 @@ async def _redis_ok(client) -> bool:
         return False
 
 
-@get("/readyz", summary="Readiness", operation_id="readyz")
+@get(
+    "/readyz",
+    summary="Readiness",
+    operation_id="readyz",
+    responses={
+        503: ResponseSpec(dict, description="Not ready: the failing check says why", generate_examples=False)
+    },
+)
 async def readyz(resources: NamedDependency[Resources]) -> Response[dict]:
     with suppress_instrumentation():  # a probe every few seconds per pod: not worth traces
         checks = {

@@ -11,7 +11,7 @@ from litestar.params import FromPath
 
 from db.models import OrderStatus, RejectReason
 from db.orders import find_order
-from service.errors import problem
+from service.errors import problem, problem_responses
 from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import OrderView
@@ -20,7 +20,12 @@ from worker.queue import ADMITTED_KEY, job_key, order_job_id
 GAVE_UP_JOB_STATES = {"failed", "stopped", "canceled"}
 
 
-@get("/orders/{order_id:uuid}", summary="Follow an order", operation_id="getOrder")
+@get(
+    "/orders/{order_id:uuid}",
+    summary="Follow an order",
+    operation_id="getOrder",
+    responses=problem_responses(400, 404, 429, 503),
+)
 async def get_order(
     order_id: FromPath[uuid.UUID], request: Request, resources: NamedDependency[Resources]
 ) -> Response[OrderView]:

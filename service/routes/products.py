@@ -11,19 +11,29 @@ from litestar.params import FromPath
 
 from db.models import Product
 from db.orders import find_product
-from service.errors import problem
+from service.errors import problem, problem_responses
 from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit
-from service.schemas import ProductView
+from service.schemas import MAX_ID, ProductView
 from service.stock_gate import gate_key
 
 
-@get("/products/{product_id:int}", summary="A product and its sale state", operation_id="getProduct")
+@get(
+    "/products/{product_id:int}",
+    summary="A product and its sale state",
+    operation_id="getProduct",
+    responses=problem_responses(400, 404, 429, 503),
+)
 async def get_product(
     product_id: FromPath[int], request: Request, resources: NamedDependency[Resources]
 ) -> Response[ProductView]:
     _, headers = await enforce_rate_limit("products", request, resources)
-    product = await to_thread.run_sync(find_product, resources.engine, product_id)
+    # An id no product can have (the path takes any integer, 2**70 too) is not worth a query.
+    product = (
+        await to_thread.run_sync(find_product, resources.engine, product_id)
+        if 1 <= product_id <= MAX_ID
+        else None
+    )
     if product is None:
         raise problem(404, "unknown-product", f"There is no product {product_id}.")
     gate = await resources.redis.get(gate_key(product_id))
