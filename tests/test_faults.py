@@ -294,6 +294,19 @@ def _unavailable_count(shots: list[Shot]) -> int:
     return sum(shot.status == 503 for shot in shots)
 
 
+def _judge_redis_outage(sale: Sale, shots: list[Shot], started: float, ended: float) -> dict:
+    """Only 202s and proper 503s, every order settled; the figures of the fault's report."""
+    _assert_answers(shots, {202, 503})
+    figures = _settle(sale, shots, ended)
+    during = [s for s in shots if started <= s.sent < ended]
+    return {
+        "fault_s": round(ended - started, 2),
+        "unavailable": _unavailable_count(during),
+        "admitted_again_after_s": round(_recovery_seconds(shots, ended), 2),
+        **figures,
+    }
+
+
 @pytest.mark.parametrize("fault", ["down", "restarted"])
 def test_redis_down_or_restarted(fault, aof_redis, settings_env, database_url, tmp_path):
     with _sale(settings_env, tmp_path, aof_redis.url, database_url) as sale:
@@ -315,17 +328,8 @@ def test_redis_down_or_restarted(fault, aof_redis, settings_env, database_url, t
             wait_until(
                 lambda: any(s.status == 202 for s in shoppers.since(ended)), RECOVERY_BOUND_SECONDS, "202s"
             )
-        shots = shoppers.shots
-        _assert_answers(shots, {202, 503})
-        figures = _settle(sale, shots, ended)
-    during = [s for s in shots if started <= s.sent < ended]
-    _report(
-        f"redis {fault}",
-        fault_s=round(ended - started, 2),
-        unavailable=_unavailable_count(during),
-        admitted_again_after_s=round(_recovery_seconds(shots, ended), 2),
-        **figures,
-    )
+        figures = _judge_redis_outage(sale, shoppers.shots, started, ended)
+    _report(f"redis {fault}", **figures)
 
 
 SLOW_REDIS_SECONDS = 0.25
@@ -390,17 +394,8 @@ def test_network_to_redis_cut(cut, settings_env, redis_url, database_url, tmp_pa
             wait_until(
                 lambda: any(s.status == 202 for s in shoppers.since(ended)), RECOVERY_BOUND_SECONDS, "202s"
             )
-        shots = shoppers.shots
-        _assert_answers(shots, {202, 503})
-        figures = _settle(sale, shots, ended)
-    during = [s for s in shots if started <= s.sent < ended]
-    _report(
-        f"network to redis {cut}",
-        fault_s=round(ended - started, 2),
-        unavailable=_unavailable_count(during),
-        admitted_again_after_s=round(_recovery_seconds(shots, ended), 2),
-        **figures,
-    )
+        figures = _judge_redis_outage(sale, shoppers.shots, started, ended)
+    _report(f"network to redis {cut}", **figures)
 
 
 def _admitted_count(shots: list[Shot]) -> int:

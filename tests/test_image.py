@@ -2,11 +2,9 @@
 chart relies on, and its processes run here as the chart runs them (user 10001, read-only
 root filesystem, only /tmp writable)."""
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from service.settings import REPO_ROOT
 from service.throwaway import free_port, wait_until
 from tests.support.chart import CHART, values_of
+from tests.support.cli import cli_running
 from tests.support.orders import wait_all_terminal
 from tests.support.system import START_TIMEOUT_SECONDS
 
@@ -101,22 +100,8 @@ def _as_root() -> list[str]:
     pytest.skip("a mount namespace needs root or sudo")
 
 
-@contextlib.contextmanager
 def _in_pod(env: dict[str, str], log: Path, *args: str):
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [*_as_root(), *_SANDBOX, sys.executable, "-m", "service.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+    return cli_running(env, log, *args, prefix=[*_as_root(), *_SANDBOX], stop_timeout=30)
 
 
 def _uid(pid: int) -> int:

@@ -5,10 +5,6 @@ when a backing service is away."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.throwaway import free_port, wait_until
-from tests.support.cli import run_cli
+from tests.support.cli import cli_running, run_cli
 from tests.support.orders import wait_all_terminal
 from tests.support.otlp import OtlpReceiver
 
@@ -38,29 +34,10 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _running(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.Popen]:
-    """``flashsale <args>`` in the background, its output in ``log``; stopped (SIGTERM) after."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
-
-
-@contextlib.contextmanager
 def _api(env: dict[str, str], log: Path) -> Iterator[str]:
     """An API process that may not be ready (its Redis or PostgreSQL is away): up is /healthz."""
     url = f"http://127.0.0.1:{free_port()}"
-    with _running(env, log, "api", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]) as process:
+    with cli_running(env, log, "api", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]) as process:
         wait_until(lambda: _healthy(url) or process.poll() is not None, 30, f"API {url}")
         assert process.poll() is None, log.read_text()
         yield url
@@ -125,7 +102,7 @@ def test_no_secret_reaches_logs_answers_traces_or_metrics(system, secrets, tmp_p
         ):
             assert http.post("/buy", json={}, headers={"x-forwarded-for": "10.1.2.3"}).status_code == 202
             worker_log = tmp_path / "worker-no-database.log"
-            with _running(broken, worker_log, "worker"):
+            with cli_running(broken, worker_log, "worker"):
                 wait_until(lambda: "OperationalError" in worker_log.read_text(), 60, "the job's failure")
             assert http.get("/readyz").status_code == 503
             restock = http.post("/admin/products/1/restock", json={"units": 1}, headers=good)
@@ -156,7 +133,7 @@ def test_no_secret_reaches_logs_answers_traces_or_metrics(system, secrets, tmp_p
         # `flashsale dev` says which configured server did not answer before starting its own.
         dev_log = tmp_path / "dev.log"
         dev_env = {**system.env, "FLASHSALE_REDIS_URL": dead_redis}
-        with _running(dev_env, dev_log, "dev", "--port", str(free_port())):
+        with cli_running(dev_env, dev_log, "dev", "--port", str(free_port())):
             wait_until(lambda: "flashsale is running" in dev_log.read_text(), 60, "flashsale dev")
 
         # Spans of the admin calls, the order's job and the failures have all left.
