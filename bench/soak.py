@@ -15,9 +15,9 @@ Afterwards: every admitted order decided (``fs:admitted`` empty, no dead letters
 one order row per 202, units conserved (confirmed + stock left = units restocked, so
 confirmed never exceeds the stock), the gate agrees with PostgreSQL; no 5xx outside a fault's
 window (the fault, then ``RECOVERY_GRACE_SECONDS``) and socket errors only when an API
-process died; API and worker RSS flat (±10 %, last minute against the first, for processes
-that lived through the run); Redis back to its key count and memory from before the load
-once the finished jobs' TTL has passed.
+process died; API and worker RSS flat (±10 %, each process's last minute against its
+second, for every process that lived four minutes or more); Redis back to its memory from
+before the load once the finished jobs' TTL has passed.
 
 The rate defaults to 70 % of the admit figure of the newest ``bench/results/paths-*.json``
 (``python -m bench.paths``), or of the 6,500 req/s target when there is none.
@@ -94,33 +94,52 @@ def _inject(system: BenchSystem, fault: str) -> FaultWindow:
     return window
 
 
+WARM_UP_SECONDS = 60
+"""A process's first minute is its warm-up (pools and caches filling, the first batches'
+peaks): its second minute is what its last minute is compared with."""
+LONGEST_LIVED_SECONDS = 4 * 60
+"""Only processes that lived this long are judged: a fault's replacement may start late."""
+
+
 @dataclass
 class Samples:
-    """Resident memory per process id, every SAMPLE_EVERY_SECONDS."""
+    """Resident memory of every API and worker process, every SAMPLE_EVERY_SECONDS."""
 
-    rows: list[tuple[float, dict[int, int]]] = field(default_factory=list)
+    rows: list[tuple[float, str, int]] = field(default_factory=list)
+    """(time, process label ``api <pid>`` or ``worker <pid>``, RSS bytes)."""
 
     def take(self, system: BenchSystem) -> None:
-        pids = system.api_pids() + [worker.pid for worker in system.workers if worker.poll() is None]
-        rss = {}
-        for pid in pids:
+        processes = [("api", pid) for pid in system.api_pids()]
+        processes += [("worker", worker.pid) for worker in system.workers if worker.poll() is None]
+        for role, pid in processes:
             try:
-                rss[pid] = rss_bytes(pid)
+                self.rows.append((time.time(), f"{role} {pid}", rss_bytes(pid)))
             except (FileNotFoundError, ProcessLookupError, StopIteration):
                 continue  # it died between the listing and the read: a fault's victim
-        self.rows.append((time.time(), rss))
 
-    def change(self, pid: int, began: float, ended: float) -> float:
-        """The last minute's mean RSS of ``pid`` relative to its first minute's."""
-        first = [rss[pid] for at, rss in self.rows if at < began + 60 and pid in rss]
-        last = [rss[pid] for at, rss in self.rows if at > ended - 60 and pid in rss]
-        return statistics.mean(last) / statistics.mean(first) - 1
+    def changes(self) -> dict[str, float]:
+        """Per process that lived LONGEST_LIVED_SECONDS: its last minute's mean RSS relative to
+        its second minute's."""
+        lives: dict[str, list[tuple[float, int]]] = {}
+        for at, label, rss in self.rows:
+            lives.setdefault(label, []).append((at, rss))
+        changes = {}
+        for label, life in lives.items():
+            born, died = life[0][0], life[-1][0]
+            if died - born < LONGEST_LIVED_SECONDS:
+                continue
+            settled = [rss for at, rss in life if born + WARM_UP_SECONDS <= at < born + 2 * WARM_UP_SECONDS]
+            last = [rss for at, rss in life if at > died - 60]
+            changes[label] = round(statistics.mean(last) / statistics.mean(settled) - 1, 3)
+        return changes
 
-    def survivors(self, began: float, ended: float) -> list[int]:
-        """Processes sampled in both the first and the last minute."""
-        first = {pid for at, rss in self.rows if at < began + 60 for pid in rss}
-        last = {pid for at, rss in self.rows if at > ended - 60 for pid in rss}
-        return sorted(first & last)
+    def series(self) -> dict[str, list[tuple[int, float]]]:
+        """Per process: (seconds since the first sample, MiB), for the results file."""
+        began = self.rows[0][0] if self.rows else 0.0
+        series: dict[str, list[tuple[int, float]]] = {}
+        for at, label, rss in self.rows:
+            series.setdefault(label, []).append((round(at - began), round(rss / 2**20, 1)))
+        return series
 
 
 def _redis_footprint(system: BenchSystem) -> dict[str, int]:
@@ -148,7 +167,6 @@ def run_soak(system: BenchSystem, minutes: int, rate: int, settle_seconds: float
             samples.take(system)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    began = time.time()
     samples.take(system)
     sampler.start()
     rounds, windows, restocked = [], [], 0
@@ -171,7 +189,6 @@ def run_soak(system: BenchSystem, minutes: int, rate: int, settle_seconds: float
                 flush=True,
             )
     finally:
-        ended = time.time()
         stop.set()
         sampler.join()
     settled_at = time.monotonic()
@@ -210,9 +227,8 @@ def run_soak(system: BenchSystem, minutes: int, rate: int, settle_seconds: float
         "dead_letters": FailedJobRegistry(queue=order_queue(system.redis)).count,
         "decided_seconds_after_load": round(decided_after, 1),
         "gate_agrees": gate_agreed,
-        "rss_change": {
-            pid: round(samples.change(pid, began, ended), 3) for pid in samples.survivors(began, ended)
-        },
+        "rss_change": samples.changes(),
+        "rss_mib": samples.series(),
         "redis_before": baseline,
         "redis_after": _redis_footprint(system),
         "redis_back": back,
@@ -259,7 +275,9 @@ def verdict(result: dict) -> list[str]:
     if not result["gate_agrees"]:
         missed.append("the stock gate disagrees with PostgreSQL")
     missed += [
-        f"RSS of {pid} changed {c:+.1%}" for pid, c in result["rss_change"].items() if abs(c) > RSS_TOLERANCE
+        f"RSS of {name} changed {c:+.1%}"
+        for name, c in result["rss_change"].items()
+        if abs(c) > RSS_TOLERANCE
     ]
     if not result["redis_back"]:
         missed.append(f"Redis not back: {result['redis_after']} after, {result['redis_before']} before")
@@ -285,8 +303,8 @@ def report(result: dict) -> None:
         f" {result['restocked']:,} restocked, {result['stock_left']:,} left; all decided"
         f" {result['decided_seconds_after_load']} s after the load; dead letters {result['dead_letters']}"
     )
-    changes = ", ".join(f"{c:+.1%}" for c in result["rss_change"].values())
-    print(f"RSS last vs first minute (processes that lived through it): {changes}")
+    changes = ", ".join(f"{name} {c:+.1%}" for name, c in result["rss_change"].items())
+    print(f"RSS, last minute vs second, of each process living {LONGEST_LIVED_SECONDS // 60}+ min: {changes}")
     before, after = result["redis_before"], result["redis_after"]
     print(
         f"Redis used memory {before['used_memory'] / 2**20:.1f} MiB before, peak {after['peak'] / 2**20:.1f},"

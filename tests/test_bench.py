@@ -98,7 +98,7 @@ def _soak(**changes) -> dict:
         "stock_left": 1_000,
         "restocked": 10_000,
         "gate_agrees": True,
-        "rss_change": {101: 0.02, 102: -0.04},
+        "rss_change": {"api 101": 0.02, "worker 102": -0.04},
         "redis_back": True,
         "redis_before": {"keys": 10, "used_memory": 1 << 20, "peak": 1 << 20},
         "redis_after": {"keys": 12, "used_memory": 2 << 20, "peak": 100 << 20},
@@ -122,9 +122,9 @@ def test_the_soak_allows_errors_only_inside_a_fault_window_and_checks_every_prom
         "units not conserved: 9001 confirmed + 1000 left != 10000 restocked"
     ]
     assert verdict(_soak(dead_letters=1))[0] == "0 undecided orders, 1 dead letters"
-    assert verdict(_soak(rss_change={101: 0.11}, gate_agrees=False, redis_back=False)) == [
+    assert verdict(_soak(rss_change={"api 101": 0.11}, gate_agrees=False, redis_back=False)) == [
         "the stock gate disagrees with PostgreSQL",
-        "RSS of 101 changed +11.0%",
+        "RSS of api 101 changed +11.0%",
         "Redis not back: {'keys': 12, 'used_memory': 2097152, 'peak': 104857600} after,"
         " {'keys': 10, 'used_memory': 1048576, 'peak': 1048576} before",
     ]
