@@ -22,9 +22,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
 from service.errors import internal_problem, problem_body, unavailable_problem
+from service.ratelimit import Verdict
 from service.request_body import is_json
 from service.resources import Resources
-from service.routes.buy import decide_buy
+from service.routes.buy import LimitedFromMemory, decide_buy, memory_limited_problem
 from service.schemas import MAX_BODY_BYTES, BuyRequest
 from service.tracing import tracing_on
 
@@ -49,6 +50,24 @@ def _problem_answer(problem: ProblemDetailsException) -> Answer:
     return _answer(problem.status_code, b"application/problem+json", problem_body(problem), problem.headers)
 
 
+MEMORY_LIMITED_ANSWERS = 4096
+"""Rendered 429s kept; one per policy, limit and whole second to wait, so a few dozen in use."""
+_memory_limited: dict[tuple, Answer] = {}
+
+
+def _memory_limited_answer(verdict: Verdict, legacy_headers: bool) -> Answer:
+    """A 429 from the deny cache, rendered once per policy, limit and whole second to wait
+    (everything in it follows from those): a hammering client costs a dictionary lookup."""
+    policy = tuple(verdict.policy.limits)  # by value: limits are frozen, so hashable
+    key = (policy, verdict.states[0].limit.name, verdict.retry_after_seconds, legacy_headers)
+    answer = _memory_limited.get(key)
+    if answer is None:
+        if len(_memory_limited) >= MEMORY_LIMITED_ANSWERS:
+            _memory_limited.clear()
+        answer = _memory_limited[key] = _problem_answer(memory_limited_problem(verdict, legacy_headers))
+    return answer
+
+
 async def answer_buy(resources: Resources, scope: Scope, receive: Receive) -> tuple[Answer | None, Receive]:
     """This ``POST /buy``'s answer, or None for the full path, with the ``receive`` that path
     must use instead (it replays the body read here)."""
@@ -70,6 +89,8 @@ async def answer_buy(resources: Resources, scope: Scope, receive: Receive) -> tu
         return None, replay
     try:
         accepted, headers = await decide_buy(resources, request, wanted)
+    except LimitedFromMemory as denial:
+        return _memory_limited_answer(denial.verdict, resources.settings.rate_legacy_headers), replay
     except ProblemDetailsException as problem:
         return _problem_answer(problem), replay
     except (RedisError, OperationalError) as exc:

@@ -3,6 +3,7 @@ sold-out latch, no Redis call at all) and the accounting every answer gets."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -134,3 +135,33 @@ def test_a_retry_with_its_key_gets_its_order_back_after_a_sell_out_and_past_its_
         again = client.post("/buy", json={}, headers=key)
         assert again.status_code == 202 and again.json()["order_id"] == first.json()["order_id"]
         assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_a_429_from_memory_is_rendered_once_per_limit_and_second_to_wait():
+    from service.fast_buy import _memory_limited_answer
+    from service.ratelimit import LimitState, Outcome, Verdict
+
+    burst = {"name": "burst", "key": "ip", "capacity": 3, "refill_per_sec": 0.01}
+    daily = {"name": "daily", "key": "ip", "capacity": 50, "refill_per_sec": 0.001}
+    rules = json.dumps({"buy": {"limits": [burst, daily]}})
+    policies = settings_from_env({"FLASHSALE_RATE_POLICIES": rules}).policies
+
+    def denied(limit: int, retry_ms: int) -> Verdict:
+        policy = policies["buy"]
+        state = LimitState(policy.limits[limit], False, 0, retry_ms, 0)
+        return Verdict(Outcome.LIMITED, policy, (state,), cached=True)
+
+    first = _memory_limited_answer(denied(0, 41_200), legacy_headers=False)
+    assert _memory_limited_answer(denied(0, 41_900), legacy_headers=False) is first  # both wait 42 s
+    headers = dict(first.headers)
+    assert (first.status, headers[b"retry-after"]) == (429, b"42")
+    assert headers[b"ratelimit"] == b'"burst";r=0;t=42'
+    assert headers[b"ratelimit-policy"] == b'"burst";q=3;w=300, "daily";q=50;w=50000'
+    assert b"retry in 42s" in first.body
+    later = _memory_limited_answer(denied(0, 40_100), legacy_headers=False)
+    other_limit = _memory_limited_answer(denied(1, 41_200), legacy_headers=False)
+    legacy = _memory_limited_answer(denied(0, 41_200), legacy_headers=True)
+    assert dict(later.headers)[b"retry-after"] == b"41"
+    assert dict(other_limit.headers)[b"ratelimit"] == b'"daily";r=0;t=42' and b"daily" in other_limit.body
+    assert dict(legacy.headers)[b"x-ratelimit-limit"] == b"3"
+    assert len({id(a) for a in (first, later, other_limit, legacy)}) == 4

@@ -15,7 +15,7 @@ from db.orders import find_product
 from service.admission import Admission, Decision, admit
 from service.errors import problem, problem_responses
 from service.identity import ClientIdentity, client_identity
-from service.ratelimit import ratelimit_headers
+from service.ratelimit import Verdict, ratelimit_headers
 from service.request_body import json_bodies_only
 from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit, limited_problem
@@ -83,6 +83,19 @@ _REFUSALS = {
 }
 
 
+class LimitedFromMemory(Exception):
+    """``decide_buy``'s 429 from the deny cache, left for its caller to render: the same few
+    answers repeat for as long as a client hammers, and the fast path renders each once."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__()
+        self.verdict = verdict
+
+
+def memory_limited_problem(verdict: Verdict, legacy_headers: bool):
+    return limited_problem(verdict, ratelimit_headers(verdict, legacy_headers))
+
+
 def sold_out_problem(product_id: int, headers: dict[str, str]):
     return problem(409, "sold-out", f"Product {product_id} is sold out.", headers=headers)
 
@@ -91,8 +104,8 @@ async def decide_buy(
     resources: Resources, request: Request, wanted: BuyRequest
 ) -> tuple[BuyAccepted, dict[str, str]]:
     """Everything ``POST /buy`` decides, for the Litestar route and ``service.fast_buy`` alike:
-    the accepted order and the headers of its 202, or a raised problem (400, 409, 422, 429, 503).
-    Only the body's parsing differs between the two."""
+    the accepted order and the headers of its 202, or a raised problem (400, 409, 422, 429, 503),
+    or ``LimitedFromMemory``. Only the body's parsing differs between the two."""
     key = idempotency_key_of(request)
     limiter = resources.limiter
     if limiter.shares_main_redis:
@@ -102,7 +115,7 @@ async def decide_buy(
         # A request with an Idempotency-Key may be a retry of one already admitted: only
         # admit.lua, which answers replays first, may answer it (never a memory short-cut).
         if plan and key is None and (cached := limiter.cached_denial(plan)):
-            raise limited_problem(cached, ratelimit_headers(cached, resources.settings.rate_legacy_headers))
+            raise LimitedFromMemory(cached)
     else:
         client, _ = await enforce_rate_limit("buy", request, resources)
         plan = None
@@ -156,5 +169,9 @@ async def decide_buy(
 )
 async def buy(request: Request, data: JSONBody[BuyRequest | None] = None) -> Response[BuyAccepted]:
     """The documented route; ``service.fast_buy`` answers the plain requests before it."""
-    accepted, headers = await decide_buy(request.app.state.resources, request, data or BuyRequest())
+    resources = request.app.state.resources
+    try:
+        accepted, headers = await decide_buy(resources, request, data or BuyRequest())
+    except LimitedFromMemory as denial:
+        raise memory_limited_problem(denial.verdict, resources.settings.rate_legacy_headers) from None
     return Response(accepted, status_code=202, headers=headers)
