@@ -4,6 +4,7 @@ root filesystem, only /tmp writable)."""
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,17 +80,27 @@ _USER = [
     "--ambient-caps=+dac_read_search",
     "--",
 ]
-_SANDBOX = [
-    "unshare",
-    "--mount",
-    "--",
-    "sh",
-    "-c",
-    "mount --rbind / / && mount -o remount,bind,ro / && "
-    'mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp && exec "$@"',
-    "pod",
-    *_USER,
-]
+
+
+def _sandbox() -> list[str]:
+    """The pod's mount namespace. A checkout or virtualenv under /tmp (CI's temporary clone)
+    would vanish under the fresh tmpfs: the old /tmp is kept on /mnt and each is laid back at
+    its own path as a read-only overlay whose top is an open directory, since a clone made
+    by ``mktemp -d`` is mode 700 and ``os.access`` (Alembic's check) ignores capabilities."""
+    under_tmp = [p for p in (REPO_ROOT, Path(sys.prefix)) if p.is_relative_to("/tmp")]
+    kept = [p for p in under_tmp if not any(p != q and p.is_relative_to(q) for q in under_tmp)]
+    script = "mount --rbind / / && mount -o remount,bind,ro / && "
+    if kept:
+        script += "mount --bind /tmp /mnt && mount -o remount,bind,ro /mnt && "
+    script += "mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp && "
+    if kept:
+        script += "mkdir -m 755 /tmp/.open && "
+    for path in map(str, dict.fromkeys(kept)):
+        layers = shlex.quote(f"lowerdir=/tmp/.open:/mnt/{path.removeprefix('/tmp/')}")
+        script += (
+            f"mkdir -p {shlex.quote(path)} && mount -t overlay overlay -o {layers} {shlex.quote(path)} && "
+        )
+    return ["unshare", "--mount", "--", "sh", "-c", script + 'exec "$@"', "pod", *_USER]
 
 
 def _as_root() -> list[str]:
@@ -101,7 +112,7 @@ def _as_root() -> list[str]:
 
 
 def _in_pod(env: dict[str, str], log: Path, *args: str):
-    return cli_running(env, log, *args, prefix=[*_as_root(), *_SANDBOX], stop_timeout=30)
+    return cli_running(env, log, *args, prefix=[*_as_root(), *_sandbox()], stop_timeout=30)
 
 
 def _uid(pid: int) -> int:
@@ -116,7 +127,7 @@ def test_the_processes_work_as_user_10001_on_a_read_only_root_writing_only_tmp(
     env = {**settings_env, "FLASHSALE_WORKER_HEARTBEAT_FILE": "/tmp/worker-heartbeat"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     migrate = subprocess.run(
-        [*_as_root(), *_SANDBOX, sys.executable, "-m", "service.cli", "migrate"],
+        [*_as_root(), *_sandbox(), sys.executable, "-m", "service.cli", "migrate"],
         env=env,
         capture_output=True,
         text=True,
