@@ -254,6 +254,8 @@ def verdict(result: dict) -> list[str]:
     """The promises the soak checks that did not hold."""
     missed = []
     windows = [FaultWindow(**window) for window in result["windows"]]
+    if len(windows) != len(result["rounds"]):  # an injection raised (its traceback is above)
+        missed.append(f"{len(result['rounds']) - len(windows)} faults were not injected")
     for round_ in result["rounds"]:
         outside = {
             s: n for s, n in round_["server_errors_at"].items() if not any(w.covers(s) for w in windows)

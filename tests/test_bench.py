@@ -122,6 +122,9 @@ def test_the_soak_allows_errors_only_inside_a_fault_window_and_checks_every_prom
         "units not conserved: 9001 confirmed + 1000 left != 10000 restocked"
     ]
     assert verdict(_soak(dead_letters=1))[0] == "0 undecided orders, 1 dead letters"
+    missing = _soak()
+    missing["windows"].pop()
+    assert verdict(missing) == ["1 faults were not injected"]
     assert verdict(_soak(rss_change={"api 101": 0.11}, gate_agrees=False, redis_back=False)) == [
         "the stock gate disagrees with PostgreSQL",
         "RSS of api 101 changed +11.0%",
