@@ -16,7 +16,6 @@ PNG plot to ``bench/results/``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy import text
 
+from bench.saved import save_json
 from bench.system import BenchSystem, running_system
 from bench.wrk import run_wrk
 from service.sale_stats import OUTCOMES, stats_key
@@ -32,7 +32,6 @@ from service.settings import REPO_ROOT
 from service.throwaway import wait_until
 from worker.queue import ADMITTED_KEY
 
-RESULTS = REPO_ROOT / "bench" / "results"
 TERMINAL_WITHIN_SECONDS = 5.0
 P99_TARGET_MS = 50.0
 PROBE_PER_SECOND = 20
@@ -145,13 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     with running_system(workers=args.workers, stock=args.stock) as system:
         result = run_drop(system, args.requests, args.clients)
     report(result)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    (RESULTS / f"drop-{stamp}.json").write_text(json.dumps(result, indent=2))
+    saved = save_json("drop", result)
     from bench.plots import plot_drop  # matplotlib: the bench extra, not needed by the tests
 
-    plot_drop(result, RESULTS / f"drop-{stamp}.png")
-    print(f"written: bench/results/drop-{stamp}.json and .png")
+    plot_drop(result, saved.with_suffix(".png"))
+    print(f"written: {saved.with_suffix('.png').relative_to(REPO_ROOT)}")
     missed = verdict(result, args.stock)
     if missed:
         print("targets not met: " + "; ".join(missed))

@@ -16,7 +16,6 @@ and a deny cache that keeps filling and evicting. RSS of both API processes is s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -25,13 +24,12 @@ import time
 import httpx
 from redis import Redis
 
+from bench.saved import save_json
 from bench.system import ADMIN_TOKEN, BenchSystem, running_system
 from bench.wrk import run_wrk
-from service.settings import REPO_ROOT
 from service.throwaway import wait_until
 from worker.queue import ADMITTED_KEY, RESULT_TTL_SECONDS, pending_key
 
-RESULTS = REPO_ROOT / "bench" / "results"
 RESTOCK_UNITS = 5_000
 SAMPLE_EVERY_SECONDS = 5
 RSS_TOLERANCE = 0.10
@@ -168,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_system(workers=2, stock=0) as system:
         result = run_memory(system, args.minutes)
     missed = report(result)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"memory-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written: {out.relative_to(REPO_ROOT)}")
+    save_json("memory", result)
     if missed:
         print("targets not met: " + "; ".join(missed))
     return 0

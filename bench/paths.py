@@ -25,18 +25,16 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from redis import Redis
 
+from bench.saved import save_json
 from bench.system import running_system
 from bench.wrk import run_wrk
-from service.settings import REPO_ROOT
 from service.stock_gate import set_gate
 
-RESULTS = REPO_ROOT / "bench" / "results"
 REGRESSION_TOLERANCE = 0.3
 CONNECTIONS, THREADS = 64, 2
 ROUNDS = 3
@@ -139,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_system(workers=0) as system:
         results = measure(system.url, system.redis, seconds=3 if args.quick else 10)
     missed = report(results)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"paths-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(), **results}, indent=2))
-    print(f"written: {out.relative_to(REPO_ROOT)}")
+    save_json("paths", {"machine": os.uname().nodename, "cpus": os.cpu_count(), **results})
     if missed:
         print("targets not met: " + "; ".join(missed))
     if args.save_baseline:

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from rq.registry import FailedJobRegistry
 from sqlalchemy import text
 
-from bench.memory import RESULTS, SAMPLE_EVERY_SECONDS, restock, rss_bytes
+from bench.memory import SAMPLE_EVERY_SECONDS, restock, rss_bytes
+from bench.saved import RESULTS, save_json
 from bench.system import BenchSystem, running_system
 from bench.wrk import run_wrk
-from service.settings import REPO_ROOT
 from service.stock_gate import gate_key
 from service.throwaway import wait_until
 from worker.queue import ADMITTED_KEY, RESULT_TTL_SECONDS, order_queue
@@ -332,10 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_soak(system, args.minutes, rate, args.settle_seconds)
     report(result)
     missed = verdict(result)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"soak-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written: {out.relative_to(REPO_ROOT)}")
+    save_json("soak", result)
     if missed:
         print("promises broken: " + "; ".join(missed))
         return 1

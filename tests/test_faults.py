@@ -115,6 +115,10 @@ class Shoppers:
         self._thread.join(REQUEST_TIMEOUT_SECONDS + 5)
         assert not self._thread.is_alive(), "the buyers did not stop"
 
+    def wait_under_way(self, answers: int = 20) -> None:
+        """Until the sale is under way: the first ``answers`` buyers have their answers."""
+        wait_until(lambda: len(self.shots) >= answers, 10, "the sale under way")
+
     def since(self, moment: float) -> list[Shot]:
         return [shot for shot in list(self.shots) if shot.sent >= moment]
 
@@ -311,7 +315,7 @@ def _judge_redis_outage(sale: Sale, shots: list[Shot], started: float, ended: fl
 def test_redis_down_or_restarted(fault, aof_redis, settings_env, database_url, tmp_path):
     with _sale(settings_env, tmp_path, aof_redis.url, database_url) as sale:
         with Shoppers([sale.url]) as shoppers:
-            wait_until(lambda: len(shoppers.shots) >= 20, 10, "the sale under way")
+            shoppers.wait_under_way()
             before = shoppers.shots[0].order_id
             started = time.monotonic()
             if fault == "down":
@@ -344,7 +348,7 @@ def test_redis_slow(settings_env, redis_url, database_url, tmp_path):
         _sale(settings_env, tmp_path, redis_url, database_url, redis_proxy=proxy) as sale,
     ):
         with Shoppers([sale.url]) as shoppers:
-            wait_until(lambda: len(shoppers.shots) >= 20, 10, "the sale under way")
+            shoppers.wait_under_way()
             started = time.monotonic()
             proxy.set_latency(SLOW_REDIS_SECONDS)
             wait_until(
@@ -385,7 +389,7 @@ def test_network_to_redis_cut(cut, settings_env, redis_url, database_url, tmp_pa
         _sale(settings_env, tmp_path, redis_url, database_url, redis_proxy=proxy) as sale,
     ):
         with Shoppers([sale.url]) as shoppers:
-            wait_until(lambda: len(shoppers.shots) >= 20, 10, "the sale under way")
+            shoppers.wait_under_way()
             started = time.monotonic()
             proxy.hold() if cut == "held" else proxy.drop()
             _outage(shoppers, started, lambda shots: _unavailable_count(shots) >= 4)
@@ -407,7 +411,7 @@ def test_postgres_down_or_restarted(fault, own_postgres, settings_env, redis_url
     with _sale(settings_env, tmp_path, redis_url, own_postgres.url) as sale:
         retrying = ScheduledJobRegistry(queue=order_queue(sale.redis))
         with Shoppers([sale.url]) as shoppers:
-            wait_until(lambda: len(shoppers.shots) >= 20, 10, "the sale under way")
+            shoppers.wait_under_way()
             started = time.monotonic()
             if fault == "down":
                 own_postgres.stop()
@@ -447,7 +451,7 @@ def test_postgres_slow(settings_env, redis_url, database_url, tmp_path):
         _sale(settings_env, tmp_path, redis_url, database_url, database_proxy=proxy) as sale,
     ):
         with Shoppers([sale.url]) as shoppers:
-            wait_until(lambda: len(shoppers.shots) >= 20, 10, "the sale under way")
+            shoppers.wait_under_way()
             started = time.monotonic()
             decided_before = len(order_rows(sale.engine))
             proxy.set_latency(SLOW_DATABASE_SECONDS)
@@ -479,7 +483,7 @@ def test_a_worker_killed_mid_job(settings_env, redis_url, database_url, tmp_path
     finishes its work (its job once RQ's record of it lapses: job timeout + 5 s)."""
     with _sale(settings_env, tmp_path, redis_url, database_url, workers=1) as sale:
         with Shoppers([sale.url]) as shoppers:
-            wait_until(lambda: len(shoppers.shots) >= 20, 10, "the sale under way")
+            shoppers.wait_under_way()
             # Hold the product row, so the worker is stuck inside its job's UPDATE.
             with sale.engine.connect() as blocker, blocker.begin():
                 blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
