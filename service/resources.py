@@ -36,10 +36,6 @@ from worker.queue import OrderJobFields, order_queue
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
 REDIS_POOL_SIZE = 64
 """Connections per process; a burst beyond it waits for a free one instead of failing."""
-REDIS_HEALTH_CHECK_SECONDS = 1
-"""A pooled connection idle this long is PINGed (and, dead, reconnected) before its next use:
-after a Redis restart, each idle one would otherwise fail one request, a 503 long after
-Redis was back. A busy connection is never checked."""
 
 
 class Resources:
@@ -92,12 +88,6 @@ def async_redis_client(url: str) -> aioredis.Redis:
         decode_responses=True,
         socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
-        health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
-        # One more try on a lost connection: what lets a failed health check reconnect. Not on
-        # a timeout: a slow Redis must cost one timeout, not three. redis-py also repeats a
-        # command whose connection was lost; admit.lua, the one call that must not run twice,
-        # goes through service.auto_pipeline, which never repeats.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)
 

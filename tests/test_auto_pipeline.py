@@ -99,31 +99,3 @@ def test_the_encoder_writes_what_redis_py_writes(values):
     ours = b"*%d\r\n" % len(command) + resp_arguments(command)
     assert ours == b"".join(Connection().pack_command(*command))
 
-
-def test_connections_pooled_across_a_redis_restart_are_checked_before_use():
-    """Idle pooled connections die with a Redis restart; each would fail the first call that
-    took it (a 503 long after Redis was back). Checked before use, none does."""
-    from service.resources import REDIS_HEALTH_CHECK_SECONDS
-    from service.throwaway import restartable_redis
-
-    async def calls_after_restart(server) -> list:
-        client = async_redis_client(server.url)
-        try:
-            script = CoalescedScript(client, ECHO, name="echo")
-            pool = client.connection_pool
-            held = [await pool.get_connection() for _ in range(8)]  # eight pooled, idle connections
-            for connection in held:
-                await pool.release(connection)
-            server.restart()
-            await asyncio.sleep(REDIS_HEALTH_CHECK_SECONDS)  # idle that long, as after any real restart
-            replies = []
-            for i in range(len(held)):  # one at a time: each call takes a connection of its own
-                replies.append(await asyncio.gather(script(keys=[], args=[i]), return_exceptions=True))
-                await pool.get_connection()  # keep the used one out, so the next call takes a stale one
-            return [reply[0] for reply in replies]
-        finally:
-            await client.aclose()
-
-    with restartable_redis() as server:
-        replies = _run(calls_after_restart(server))
-    assert replies == [[[], [str(i)]] for i in range(8)]
