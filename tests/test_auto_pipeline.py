@@ -98,4 +98,3 @@ def test_the_encoder_writes_what_redis_py_writes(values):
     command = ["EVALSHA", "0" * 40, 0, *values]
     ours = b"*%d\r\n" % len(command) + resp_arguments(command)
     assert ours == b"".join(Connection().pack_command(*command))
-
