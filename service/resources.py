@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 from rq import Queue
 from sqlalchemy import Engine
 
@@ -36,6 +37,11 @@ from worker.queue import OrderJobFields, order_queue
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
 REDIS_POOL_SIZE = 64
 """Connections per process; a burst beyond it waits for a free one instead of failing."""
+NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
+"""redis-py 8.1 turns Redis Enterprise maintenance notifications on for every RESP3 pool, and
+with them on its asyncio pool hands out connections the server has closed (redis-py #4252):
+after a Redis restart each idle pooled connection failed one request, a 503 seconds after Redis
+was back. Off, the pool replaces a closed connection at checkout, with no PING."""
 
 
 class Resources:
@@ -88,6 +94,7 @@ def async_redis_client(url: str) -> aioredis.Redis:
         decode_responses=True,
         socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -98,3 +98,33 @@ def test_the_encoder_writes_what_redis_py_writes(values):
     command = ["EVALSHA", "0" * 40, 0, *values]
     ours = b"*%d\r\n" % len(command) + resp_arguments(command)
     assert ours == b"".join(Connection().pack_command(*command))
+
+
+def test_connections_the_server_closed_are_replaced_before_use():
+    """A Redis restart closes every pooled connection; each would fail the first call that took
+    it (a 503 long after Redis was back) had the pool not replaced it at checkout."""
+    from service.throwaway import restartable_redis
+
+    async def calls_after_restart(server) -> list:
+        client = async_redis_client(server.url)
+        try:
+            script = CoalescedScript(client, ECHO, name="echo")
+            pool = client.connection_pool
+            held = [await pool.get_connection() for _ in range(8)]  # eight pooled, idle connections
+            for connection in held:
+                await pool.release(connection)
+            server.restart()
+            async with asyncio.timeout(5):  # until this process has seen each one closed
+                while not all([await connection.can_read() for connection in held]):
+                    await asyncio.sleep(0.01)
+            replies = []
+            for i in range(len(held)):  # one at a time: each call takes a connection of its own
+                replies.append(await asyncio.gather(script(keys=[], args=[i]), return_exceptions=True))
+                await pool.get_connection()  # keep the used one out, so the next call takes a stale one
+            return [reply[0] for reply in replies]
+        finally:
+            await client.aclose()
+
+    with restartable_redis() as server:
+        replies = _run(calls_after_restart(server))
+    assert replies == [[[], [str(i)]] for i in range(8)]
