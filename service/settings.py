@@ -95,13 +95,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, fit for logs."""
+    """The URL with any password replaced, fit for logs: in its credentials and in a
+    ``password=`` query parameter (which libpq and redis-py both accept)."""
     scheme, sep, rest = url.partition("://")
+    rest, question, query = rest.partition("?")
     credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    if question:
+        pairs = (pair.partition("=") for pair in query.split("&"))
+        query = "&".join(
+            f"{name}{eq}***" if name.lower() == "password" and eq else f"{name}{eq}{value}"
+            for name, eq, value in pairs
+        )
+    return f"{scheme}{sep}{rest}{question}{query}"
 
 
 def _positive_int(raw: str) -> int:

@@ -76,3 +76,7 @@ def test_secrets_stay_out_of_repr():
     assert "hunter2" not in repr(settings)
     assert "s3cret" not in repr(settings)
     assert redact_url("redis://:pw@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    query = redact_url("postgresql://app@db/sale?sslmode=require&PASSWORD=hunter2&password=")
+    assert query == "postgresql://app@db/sale?sslmode=require&PASSWORD=***&password=***"
+    assert redact_url("redis://:a@b@cache/0?password=x@y") == "redis://:***@cache/0?password=***"
