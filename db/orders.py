@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -55,56 +56,98 @@ def apply_orders(
 ) -> dict[uuid.UUID, Outcome]:
     """Confirm or reject orders of one product, each exactly once, in one transaction.
 
-    Read stock and version, give units to the undecided orders first come first served, then
-    ``UPDATE … SET stock = stock - <units given> WHERE id = … AND version = <seen>`` and write
-    every order row in the same transaction. Zero rows updated means another worker changed
-    the product first: re-read and retry after a jittered backoff. Order ids are primary
-    keys, so an order decided by another run is found, never bought twice. One version-checked
-    update for many orders is what lets confirmations on a hot product scale.
+    Read stock and version, give units to the undecided orders first come first served, write
+    every order row, then ``UPDATE … SET stock = stock - <units given> WHERE id = … AND
+    version = <seen>``. Zero rows updated means another worker changed the product first:
+    read it again; while the new stock gives every order the same answer, the rows stand and
+    only the update is tried again with the new version; otherwise start over after a jittered
+    backoff. Order ids are primary keys, so an order decided by another run is found, never
+    bought twice. The rows go in before the update so that the product's row is locked only
+    from the update to the commit: batches of one hot product write their rows side by side.
     """
     conflicts = 0
     while True:
         with Session(engine) as session:
-            decided = {
-                row.id: Outcome(row.status, row.reason, conflicts, applied_now=False)
-                for row in session.exec(select(Order).where(Order.id.in_([o.order_id for o in orders])))
-            }
-            todo = sorted((o for o in orders if o.order_id not in decided), key=lambda o: o.admitted_at)
+            decided = _decided(session, [o.order_id for o in orders], conflicts)
+            # A total order: batches that overlap write their shared rows in one order (no deadlock).
+            todo = sorted(
+                (o for o in orders if o.order_id not in decided), key=lambda o: (o.admitted_at, o.order_id)
+            )
             if not todo:
                 return decided
-            row = session.exec(
-                select(Product.stock, Product.version).where(Product.id == todo[0].product_id)
-            ).first()
-            verdicts, left = [], row.stock if row else 0
-            for order in todo:
-                if row is None:
-                    verdicts.append((order, OrderStatus.REJECTED, RejectReason.UNKNOWN_PRODUCT))
-                elif order.quantity <= left:
-                    left -= order.quantity
-                    verdicts.append((order, OrderStatus.CONFIRMED, None))
-                else:
-                    verdicts.append((order, OrderStatus.REJECTED, RejectReason.SOLD_OUT))
-            if row is not None and left != row.stock:
-                changed = session.execute(
-                    update(Product)
-                    .where(Product.id == todo[0].product_id, Product.version == row.version)
-                    .values(stock=Product.stock - (row.stock - left), version=Product.version + 1)
-                ).rowcount
-                if changed != 1:
-                    session.rollback()
-                    conflicts += 1
-                    sleep(backoff_seconds(conflicts))
-                    continue
-            try:
-                # One multi-row INSERT: the product row stays locked by the UPDATE until the commit.
-                session.execute(insert(Order), [_order_values(o, st, rs) for o, st, rs in verdicts])
-                session.commit()
-            except IntegrityError:
-                # Another run decided one of these first; the next pass reads its row.
-                session.rollback()
-                continue
-            applied = {o.order_id: Outcome(st, rs, conflicts, applied_now=True) for o, st, rs in verdicts}
-            return decided | applied
+            product_id = todo[0].product_id
+            row = _stock_and_version(session, product_id)
+            verdicts = _verdicts(todo, row)
+            written = _write_rows(session, verdicts)
+            if len(written) < len(todo):  # another run decided some of these meanwhile: theirs stand
+                decided |= _decided(
+                    session, [o.order_id for o in todo if o.order_id not in written], conflicts
+                )
+                todo = [o for o in todo if o.order_id in written]
+                verdicts = [verdict for verdict in verdicts if verdict[0].order_id in written]
+            while _verdicts(todo, row) == verdicts:
+                if _take_stock(session, product_id, row, verdicts):
+                    session.commit()
+                    applied = {
+                        o.order_id: Outcome(st, rs, conflicts, applied_now=True) for o, st, rs in verdicts
+                    }
+                    return decided | applied
+                conflicts += 1
+                row = _stock_and_version(session, product_id)
+            session.rollback()  # the stock no longer gives these answers: decide again
+            sleep(backoff_seconds(conflicts))
+
+
+def _decided(session: Session, order_ids: list[uuid.UUID], conflicts: int) -> dict[uuid.UUID, Outcome]:
+    """The outcomes of those of ``order_ids`` some run has already decided."""
+    rows = session.exec(select(Order).where(Order.id.in_(order_ids)))
+    return {row.id: Outcome(row.status, row.reason, conflicts, applied_now=False) for row in rows}
+
+
+WRITE_NEW_ORDERS = pg_insert(Order).on_conflict_do_nothing(index_elements=[Order.id]).returning(Order.id)
+
+
+def _write_rows(session: Session, verdicts: list) -> set[uuid.UUID]:
+    """One multi-row INSERT; returns the ids written. A row another run wrote first is skipped
+    (after waiting for that run's commit), not an error that would undo the whole batch."""
+    if not verdicts:
+        return set()
+    rows = [_order_values(o, st, rs) for o, st, rs in verdicts]
+    # Core, many rows to one statement (SQLAlchemy's insertmanyvalues): compiled once and cached.
+    return set(session.connection().execute(WRITE_NEW_ORDERS, rows).scalars())
+
+
+def _stock_and_version(session: Session, product_id: int):
+    """The product's (stock, version) as last committed, or None for an unknown product."""
+    return session.exec(select(Product.stock, Product.version).where(Product.id == product_id)).first()
+
+
+def _verdicts(todo: list[AdmittedOrder], row) -> list[tuple[AdmittedOrder, str, str | None]]:
+    """First come first served from the stock in ``row``."""
+    verdicts, left = [], row.stock if row else 0
+    for order in todo:
+        if row is None:
+            verdicts.append((order, OrderStatus.REJECTED, RejectReason.UNKNOWN_PRODUCT))
+        elif order.quantity <= left:
+            left -= order.quantity
+            verdicts.append((order, OrderStatus.CONFIRMED, None))
+        else:
+            verdicts.append((order, OrderStatus.REJECTED, RejectReason.SOLD_OUT))
+    return verdicts
+
+
+def _take_stock(session: Session, product_id: int, row, verdicts: list) -> bool:
+    """The version-checked update for the confirmed units; False when another writer changed
+    the product since ``row`` was read. Nothing to take (no units given) needs no update."""
+    units = sum(order.quantity for order, status, _ in verdicts if status == OrderStatus.CONFIRMED)
+    if row is None or units == 0:
+        return True
+    changed = session.execute(
+        update(Product)
+        .where(Product.id == product_id, Product.version == row.version)
+        .values(stock=Product.stock - units, version=Product.version + 1)
+    ).rowcount
+    return changed == 1
 
 
 def record_failure(engine: Engine, order: AdmittedOrder) -> Outcome:

@@ -130,3 +130,55 @@ def test_a_batch_skips_what_is_already_decided(fresh_db):
     outcomes = apply_orders(fresh_db, [first, second])
     assert not outcomes[first.order_id].applied_now and outcomes[second.order_id].applied_now
     assert product_state(fresh_db)[0] == 98
+
+
+def _race(fresh_db, rival_sql: list[str], orders: list[AdmittedOrder]) -> tuple[dict, list[float]]:
+    """apply_orders(orders) while a rival transaction, begun first, runs ``rival_sql``; the rival
+    commits once the batch waits on one of its locks. Returns the outcomes and the backoffs slept."""
+    rival = fresh_db.connect()
+    rival_tx = rival.begin()
+    for statement in rival_sql:
+        rival.execute(text(statement))
+    outcomes, slept = [], []
+    buyer = threading.Thread(target=lambda: outcomes.append(apply_orders(fresh_db, orders, slept.append)))
+    buyer.start()
+    try:
+        wait_until(lambda: _blocked_on_a_row_lock(fresh_db), 10, "the batch waiting on the rival")
+    finally:
+        rival_tx.commit()
+        rival.close()
+    buyer.join(10)
+    return outcomes[0], slept
+
+
+def test_a_batch_keeps_its_rows_through_a_lost_race_and_skips_rows_another_run_wrote(fresh_db):
+    """The rival decides one order of the batch and takes a unit: the batch's INSERT waits for
+    it, skips that row, and its version-checked update loses once, is tried again with the new
+    version, and wins, without starting over (no backoff)."""
+    stock, version = product_state(fresh_db)
+    taken, *mine = [_order() for _ in range(3)]
+    rival_sql = [
+        "INSERT INTO orders (id, product_id, client_id, quantity, status, admitted_at)"
+        f" VALUES ('{taken.order_id}', 1, 'rival', 1, 'confirmed', now())",
+        "UPDATE products SET stock = stock - 1, version = version + 1 WHERE id = 1",
+    ]
+    outcomes, slept = _race(fresh_db, rival_sql, [taken, *mine])
+    assert not outcomes[taken.order_id].applied_now
+    assert all(outcomes[o.order_id].applied_now and outcomes[o.order_id].status == "confirmed" for o in mine)
+    assert outcomes[mine[0].order_id].conflicts == 1 and slept == []
+    assert product_state(fresh_db) == (stock - 3, version + 2)
+    assert len(order_rows(fresh_db)) == 3
+
+
+def test_a_batch_whose_answers_the_rival_changed_decides_again(fresh_db):
+    """Read with 3 units left, all three orders confirmed; the rival leaves 1 unit before the
+    update: the rows are withdrawn and the batch decided again, first come first served."""
+    with fresh_db.begin() as connection:
+        connection.execute(text("UPDATE products SET stock = 3 WHERE id = 1"))
+    orders = [_order() for _ in range(3)]
+    rival_sql = ["UPDATE products SET stock = 1, version = version + 1 WHERE id = 1"]
+    outcomes, slept = _race(fresh_db, rival_sql, orders)
+    assert [outcomes[o.order_id].status for o in orders] == ["confirmed", "rejected", "rejected"]
+    assert len(slept) == 1
+    assert product_state(fresh_db)[0] == 0
+    assert len(order_rows(fresh_db)) == 3
