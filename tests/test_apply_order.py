@@ -55,23 +55,31 @@ def _blocked_on_a_row_lock(engine) -> bool:
         )
 
 
-def test_a_lost_race_is_retried_after_rereading(fresh_db):
-    """Another writer commits a new version between our read and our update: re-read, retry, succeed."""
-    stock, version = product_state(fresh_db)
+def _race(fresh_db, rival_sql: list[str], orders: list[AdmittedOrder]) -> tuple[dict, list[float]]:
+    """apply_orders(orders) while a rival transaction, begun first, runs ``rival_sql``; the rival
+    commits once the batch waits on one of its locks. Returns the outcomes and the backoffs slept."""
     rival = fresh_db.connect()
     rival_tx = rival.begin()
-    rival.execute(text("UPDATE products SET version = version + 1 WHERE id = 1"))
-    outcomes = []
-    buyer = threading.Thread(target=lambda: outcomes.append(apply_order(fresh_db, _order())))
+    for statement in rival_sql:
+        rival.execute(text(statement))
+    outcomes, slept = [], []
+    buyer = threading.Thread(target=lambda: outcomes.append(apply_orders(fresh_db, orders, slept.append)))
     buyer.start()
     try:
-        # The buyer has read the old version and now waits for the rival's row lock.
-        wait_until(lambda: _blocked_on_a_row_lock(fresh_db), 10, "buyer blocked on the row lock")
+        wait_until(lambda: _blocked_on_a_row_lock(fresh_db), 10, "the batch waiting on the rival")
     finally:
         rival_tx.commit()
         rival.close()
     buyer.join(10)
-    (outcome,) = outcomes
+    return outcomes[0], slept
+
+
+def test_a_lost_race_is_retried_after_rereading(fresh_db):
+    """Another writer commits a new version between our read and our update: re-read, retry, succeed."""
+    stock, version = product_state(fresh_db)
+    order = _order()
+    outcomes, _ = _race(fresh_db, ["UPDATE products SET version = version + 1 WHERE id = 1"], [order])
+    outcome = outcomes[order.order_id]
     assert outcome.status == OrderStatus.CONFIRMED
     assert outcome.conflicts == 1
     assert product_state(fresh_db) == (stock - 1, version + 2)
@@ -130,25 +138,6 @@ def test_a_batch_skips_what_is_already_decided(fresh_db):
     outcomes = apply_orders(fresh_db, [first, second])
     assert not outcomes[first.order_id].applied_now and outcomes[second.order_id].applied_now
     assert product_state(fresh_db)[0] == 98
-
-
-def _race(fresh_db, rival_sql: list[str], orders: list[AdmittedOrder]) -> tuple[dict, list[float]]:
-    """apply_orders(orders) while a rival transaction, begun first, runs ``rival_sql``; the rival
-    commits once the batch waits on one of its locks. Returns the outcomes and the backoffs slept."""
-    rival = fresh_db.connect()
-    rival_tx = rival.begin()
-    for statement in rival_sql:
-        rival.execute(text(statement))
-    outcomes, slept = [], []
-    buyer = threading.Thread(target=lambda: outcomes.append(apply_orders(fresh_db, orders, slept.append)))
-    buyer.start()
-    try:
-        wait_until(lambda: _blocked_on_a_row_lock(fresh_db), 10, "the batch waiting on the rival")
-    finally:
-        rival_tx.commit()
-        rival.close()
-    buyer.join(10)
-    return outcomes[0], slept
 
 
 def test_a_batch_keeps_its_rows_through_a_lost_race_and_skips_rows_another_run_wrote(fresh_db):
