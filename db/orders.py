@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Engine, any_, bindparam, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -98,23 +98,50 @@ def apply_orders(
             sleep(backoff_seconds(conflicts))
 
 
+ORDER_IDS = postgresql.ARRAY(postgresql.UUID(as_uuid=True))
+DECIDED_AMONG = select(Order.id, Order.status, Order.reason).where(
+    Order.id == any_(bindparam("ids", type_=ORDER_IDS))
+)
+"""Core, one array parameter: no ORM objects, and the statement is the same for any batch size."""
+
+
 def _decided(session: Session, order_ids: list[uuid.UUID], conflicts: int) -> dict[uuid.UUID, Outcome]:
     """The outcomes of those of ``order_ids`` some run has already decided."""
-    rows = session.exec(select(Order).where(Order.id.in_(order_ids)))
+    rows = session.connection().execute(DECIDED_AMONG, {"ids": order_ids})
     return {row.id: Outcome(row.status, row.reason, conflicts, applied_now=False) for row in rows}
 
 
-WRITE_NEW_ORDERS = pg_insert(Order).on_conflict_do_nothing(index_elements=[Order.id]).returning(Order.id)
+WRITE_NEW_ORDERS = (
+    text(
+        "INSERT INTO orders (id, product_id, client_id, quantity, status, reason, admitted_at)"
+        " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:product_ids AS integer[]),"
+        " CAST(:client_ids AS varchar[]), CAST(:quantities AS integer[]), CAST(:statuses AS varchar[]),"
+        " CAST(:reasons AS varchar[]), CAST(:admitted_ats AS timestamptz[]))"
+        " ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
+    .bindparams(bindparam("ids", type_=ORDER_IDS))
+    .columns(id=postgresql.UUID(as_uuid=True))
+)
+"""A batch's rows as one array per column: one short statement for any batch size, where a
+multi-row VALUES has seven parameters a row for the driver to render and the server to parse."""
 
 
 def _write_rows(session: Session, verdicts: list) -> set[uuid.UUID]:
-    """One multi-row INSERT; returns the ids written. A row another run wrote first is skipped
-    (after waiting for that run's commit), not an error that would undo the whole batch."""
+    """One INSERT; returns the ids written. A row another run wrote first is skipped (after
+    waiting for that run's commit), not an error that would undo the whole batch."""
     if not verdicts:
         return set()
-    rows = [_order_values(o, st, rs) for o, st, rs in verdicts]
-    # Core, many rows to one statement (SQLAlchemy's insertmanyvalues): compiled once and cached.
-    return set(session.connection().execute(WRITE_NEW_ORDERS, rows).scalars())
+    orders = [order for order, _, _ in verdicts]
+    columns = {
+        "ids": [o.order_id for o in orders],
+        "product_ids": [o.product_id for o in orders],
+        "client_ids": [o.client_id for o in orders],
+        "quantities": [o.quantity for o in orders],
+        "statuses": [str(status) for _, status, _ in verdicts],
+        "reasons": [None if reason is None else str(reason) for _, _, reason in verdicts],
+        "admitted_ats": [o.admitted_at for o in orders],
+    }
+    return set(session.connection().execute(WRITE_NEW_ORDERS, columns).scalars())
 
 
 def _stock_and_version(session: Session, product_id: int):
