@@ -114,12 +114,12 @@ def _decided(session: Session, order_ids: list[uuid.UUID], conflicts: int) -> di
 WRITE_NEW_ORDERS = (
     text(
         "INSERT INTO orders (id, product_id, client_id, quantity, status, reason, admitted_at)"
-        " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:product_ids AS integer[]),"
-        " CAST(:client_ids AS varchar[]), CAST(:quantities AS integer[]), CAST(:statuses AS varchar[]),"
-        " CAST(:reasons AS varchar[]), CAST(:admitted_ats AS timestamptz[]))"
+        " SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:product_id AS integer[]),"
+        " CAST(:client_id AS varchar[]), CAST(:quantity AS integer[]), CAST(:status AS varchar[]),"
+        " CAST(:reason AS varchar[]), CAST(:admitted_at AS timestamptz[]))"
         " ON CONFLICT (id) DO NOTHING RETURNING id"
     )
-    .bindparams(bindparam("ids", type_=ORDER_IDS))
+    .bindparams(bindparam("id", type_=ORDER_IDS))
     .columns(id=postgresql.UUID(as_uuid=True))
 )
 """A batch's rows as one array per column: one short statement for any batch size, where a
@@ -131,16 +131,8 @@ def _write_rows(session: Session, verdicts: list) -> set[uuid.UUID]:
     waiting for that run's commit), not an error that would undo the whole batch."""
     if not verdicts:
         return set()
-    orders = [order for order, _, _ in verdicts]
-    columns = {
-        "ids": [o.order_id for o in orders],
-        "product_ids": [o.product_id for o in orders],
-        "client_ids": [o.client_id for o in orders],
-        "quantities": [o.quantity for o in orders],
-        "statuses": [str(status) for _, status, _ in verdicts],
-        "reasons": [None if reason is None else str(reason) for _, _, reason in verdicts],
-        "admitted_ats": [o.admitted_at for o in orders],
-    }
+    rows = [_order_values(o, st, rs) for o, st, rs in verdicts]
+    columns = {name: [row[name] for row in rows] for name in rows[0]}  # one array per column
     return set(session.connection().execute(WRITE_NEW_ORDERS, columns).scalars())
 
 
