@@ -73,8 +73,11 @@ def test_probes_point_where_they_should_and_grace_outlasts_shutdown():
     api_pod = _by_kind(rendered, "Deployment")["flashsale-api"]["spec"]["template"]["spec"]
     assert api_pod["terminationGracePeriodSeconds"] > pre_stop + shutdown
 
+    assert api["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
     worker = _container(rendered, "flashsale-worker")
     assert worker["args"] == ["flashsale", "worker"]
+    assert worker["startupProbe"]["exec"]["command"] == ["flashsale", "check", "worker"]
     assert worker["ports"] == [{"name": "metrics", "containerPort": 9102, "protocol": "TCP"}]
     assert worker["livenessProbe"]["exec"]["command"] == ["flashsale", "check", "worker"]
     assert "readinessProbe" not in worker
@@ -83,29 +86,114 @@ def test_probes_point_where_they_should_and_grace_outlasts_shutdown():
     assert worker_pod["terminationGracePeriodSeconds"] > job_timeout, "warm shutdown finishes the job"
 
 
+KEDA = "keda.sh/v1alpha1"
+EXTERNAL_METRICS = "external.metrics.k8s.io/v1beta1"
+MONITORING = "monitoring.coreos.com/v1"
+
+
+def _served(*api_versions: str) -> dict:
+    """Values that render as a cluster serving these API versions would (helm-python-sdk's
+    render has no --api-versions: the chart's capabilities.apiVersions stands in for them)."""
+    return {"capabilities": {"apiVersions": list(api_versions)}}
+
+
+def _worker_autoscaling(rendered: list[dict]) -> str:
+    scaled = "flashsale-worker" in _by_kind(rendered, "ScaledObject")
+    hpa = "flashsale-worker" in _by_kind(rendered, "HorizontalPodAutoscaler")
+    fixed = "replicas" in _by_kind(rendered, "Deployment")["flashsale-worker"]["spec"]
+    assert [scaled, hpa, fixed].count(True) == 1, "exactly one way to size the workers"
+    return "keda" if scaled else "external" if hpa else "none"
+
+
 @pytest.mark.parametrize(
-    ("mode", "scaled_object", "worker_hpa", "fixed_replicas"),
-    [("keda", True, False, False), ("external", False, True, False), ("none", False, False, True)],
+    ("served", "chosen"),
+    [
+        ((), "none"),  # a bare cluster: defaults must install
+        ((EXTERNAL_METRICS,), "external"),
+        ((KEDA,), "keda"),
+        ((KEDA, EXTERNAL_METRICS), "keda"),
+    ],
+    ids=["bare", "metrics-adapter", "keda", "both"],
 )
-def test_worker_autoscaling_renders_one_autoscaler_at_most(mode, scaled_object, worker_hpa, fixed_replicas):
-    rendered = objects({"worker": {"autoscaling": {"mode": mode}}})
-    assert ("flashsale-worker" in _by_kind(rendered, "ScaledObject")) is scaled_object
-    assert ("flashsale-worker" in _by_kind(rendered, "HorizontalPodAutoscaler")) is worker_hpa
-    assert ("replicas" in _by_kind(rendered, "Deployment")["flashsale-worker"]["spec"]) is fixed_replicas
+def test_auto_autoscaling_uses_what_the_cluster_serves_and_notes_say_which(served, chosen):
+    values = _served(*served)
+    assert _worker_autoscaling(objects(values)) == chosen
+    notes = render(values)["flashsale/templates/NOTES.txt"]
+    assert f"autoscaling: {chosen} (auto: the cluster serves" in notes, notes
 
 
-def test_keda_scales_on_the_rq_queue_and_the_external_hpa_on_its_depth():
-    keda = _by_kind(objects({}), "ScaledObject")["flashsale-worker"]["spec"]
-    (trigger,) = keda["triggers"]
-    assert trigger["type"] == "redis"
-    assert trigger["metadata"]["listName"] == "rq:queue:orders"
-    assert trigger["metadata"]["address"] == "flashsale-redis:6379"
+@pytest.mark.parametrize("mode", ["keda", "external", "none"])
+@pytest.mark.parametrize("served", [(), (KEDA, EXTERNAL_METRICS)], ids=["bare", "both"])
+def test_an_explicit_autoscaling_mode_renders_whatever_the_cluster_serves(mode, served):
+    values = _served(*served) | {"worker": {"autoscaling": {"mode": mode}}}
+    assert _worker_autoscaling(objects(values)) == mode
+    assert f"worker.autoscaling.mode is {mode}" in render(values)["flashsale/templates/NOTES.txt"]
+
+
+def test_defaults_render_no_object_a_bare_cluster_lacks():
+    """Every kind the defaults render is one that Kubernetes itself serves (no CRDs)."""
+    core_groups = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
+    assert {o["apiVersion"] for o in objects({})} <= core_groups
+
+
+@pytest.mark.parametrize(
+    ("served", "monitors"), [((), False), ((MONITORING,), True)], ids=["bare", "prometheus-operator"]
+)
+def test_monitors_follow_the_prometheus_operator_unless_asked(served, monitors):
+    rendered = objects(_served(*served))
+    assert ("flashsale-api" in _by_kind(rendered, "ServiceMonitor")) is monitors
+    assert ("flashsale-worker" in _by_kind(rendered, "PodMonitor")) is monitors
+    forced = objects({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert "flashsale-api" in _by_kind(forced, "ServiceMonitor"), "true renders whatever is served"
+    off = objects(_served(MONITORING) | {"metrics": {"serviceMonitor": {"enabled": False}}})
+    assert not _by_kind(off, "ServiceMonitor")
+
+
+def test_keda_reads_the_undecided_orders_from_the_api_by_its_cluster_wide_name():
+    keda = _by_kind(objects(_served(KEDA)), "ScaledObject")["flashsale-worker"]["spec"]
+    orders, age = keda["triggers"]
+    # KEDA's operator resolves names from its own namespace: only <svc>.<namespace>.svc works.
+    url = "http://flashsale-api.flashsale.svc:80/backlog"
+    assert orders == {
+        "type": "metrics-api",
+        "metadata": {
+            "url": url,
+            "format": "json",
+            "valueLocation": "undecided_orders",
+            "targetValue": "2000",
+            "activationTargetValue": "0",
+        },
+    }
+    assert age["metricType"] == "Value" and age["metadata"]["url"] == url
+    assert age["metadata"]["valueLocation"] == "oldest_age_seconds"
     assert keda["scaleTargetRef"] == {"name": "flashsale-worker"}
+    no_age = objects(_served(KEDA) | {"worker": {"autoscaling": {"oldestOrderAgeSeconds": 0}}})
+    assert len(_by_kind(no_age, "ScaledObject")["flashsale-worker"]["spec"]["triggers"]) == 1
 
-    external = objects({"worker": {"autoscaling": {"mode": "external"}}})
-    (metric,) = _by_kind(external, "HorizontalPodAutoscaler")["flashsale-worker"]["spec"]["metrics"]
-    assert metric["type"] == "External"
-    assert metric["external"]["metric"]["name"] == "flashsale_queue_backlog"
+
+def test_the_external_hpa_reads_the_undecided_orders_and_their_age():
+    external = objects(_served(EXTERNAL_METRICS))
+    orders, age = _by_kind(external, "HorizontalPodAutoscaler")["flashsale-worker"]["spec"]["metrics"]
+    assert orders["external"]["metric"]["name"] == "flashsale_orders_undecided"
+    assert orders["external"]["target"] == {"type": "AverageValue", "averageValue": "2000"}
+    assert age["external"]["metric"]["name"] == "flashsale_orders_oldest_undecided_age_seconds"
+    assert age["external"]["target"] == {"type": "Value", "value": "5"}
+
+
+def test_the_signal_names_match_what_the_api_serves():
+    """The fields KEDA reads are /backlog's, and the External metrics are ones /metrics serves."""
+    import msgspec
+    from prometheus_client import REGISTRY
+
+    from service.backlog import Backlog
+
+    keda = _by_kind(objects(_served(KEDA)), "ScaledObject")["flashsale-worker"]["spec"]
+    fields = {trigger["metadata"]["valueLocation"] for trigger in keda["triggers"]}
+    assert fields == {f.name for f in msgspec.structs.fields(Backlog)}
+    hpa = _by_kind(objects(_served(EXTERNAL_METRICS)), "HorizontalPodAutoscaler")["flashsale-worker"]
+    served = {metric.name for metric in REGISTRY.collect()}
+    for metric in hpa["spec"]["metrics"]:
+        assert metric["external"]["metric"]["name"] in served
 
 
 def test_the_api_hpa_and_pdb_follow_their_values():
@@ -126,13 +214,28 @@ def test_migrations_run_after_install_and_before_upgrade_and_seed_only_when_aske
     assert annotations["helm.sh/hook"] == "post-install,pre-upgrade", (
         "pre-install could not reach the chart's DB"
     )
-    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation", "a failed run keeps its logs"
+    assert "ttlSecondsAfterFinished" not in migrate["spec"], "a failed run keeps its logs"
+    (container,) = migrate["spec"]["template"]["spec"]["containers"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # Inside Helm's default 5-minute hook timeout, retries and all; each run waits less than that.
+    deadline = migrate["spec"]["activeDeadlineSeconds"]
+    assert deadline < 300
+    assert int(container["args"][container["args"].index("--wait") + 1]) < deadline
+    # Argo CD: a Sync hook after the data stores (wave 0) and before the workloads (wave 2),
+    # not the PreSync it would map pre-upgrade to (before PostgreSQL exists on a first sync).
+    assert annotations["argocd.argoproj.io/hook"] == "Sync"
+    assert annotations["argocd.argoproj.io/sync-wave"] == "1"
+    for workload in ("flashsale-api", "flashsale-worker"):
+        deployment = _by_kind(objects({}), "Deployment")[workload]
+        assert deployment["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "2"
     assert migrate["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["flashsale", "migrate"]
 
     seeded = _by_kind(objects({"hooks": {"seed": {"enabled": True, "stock": 250}}}), "Job")["flashsale-seed"]
     assert seeded["metadata"]["annotations"]["helm.sh/hook"] == "post-install", (
         "an upgrade must not reset stock"
     )
+    assert seeded["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Skip", "nor a GitOps sync"
     assert int(seeded["metadata"]["annotations"]["helm.sh/hook-weight"]) > int(
         annotations["helm.sh/hook-weight"]
     )
@@ -159,6 +262,7 @@ def test_urls_come_from_secrets_and_the_ingress_proxies_are_trusted():
         "name": "flashsale-db",
         "key": "database-url",
     }
+    assert "PGPASSWORD" not in env, "an external database's URL carries its own credentials"
     assert env["FLASHSALE_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "flashsale-urls"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
     assert _by_kind(rendered, "ConfigMap")["flashsale"]["data"]["FLASHSALE_TRUSTED_PROXIES"] == "10.42.0.0/16"
@@ -233,13 +337,14 @@ SECRET_VALUES = [
     {
         "adminToken": "admin-token-3f9c",
         "postgresql": {"auth": {"password": "db-password-8e1a"}},
+        "redis": {"auth": {"password": "redis-password-c27b"}},
         "limiterRedis": {"url": "redis://:limiter-password-51d0@limiter:6379/0"},
     },
     {
         "adminToken": "admin-token-3f9c",
         "redis": {"enabled": False, "external": {"url": "redis://:redis-password-c27b@cache:6379/0"}},
         "postgresql": {"enabled": False, "external": {"url": "postgresql://app:db-password-8e1a@db/sale"}},
-        "worker": {"autoscaling": {"keda": {"redisAddress": "cache:6379"}}},
+        "worker": {"autoscaling": {"mode": "keda"}},
     },
 ]
 SECRETS = ["admin-token-3f9c", "db-password-8e1a", "limiter-password-51d0", "redis-password-c27b"]
@@ -249,6 +354,9 @@ SECRET_ENV = {
     "FLASHSALE_LIMITER_REDIS_URL",
     "FLASHSALE_DATABASE_URL",
     "POSTGRES_PASSWORD",
+    "PGPASSWORD",
+    "REDIS_PASSWORD",
+    "REDISCLI_AUTH",
 }
 
 
@@ -274,13 +382,213 @@ def test_secret_values_reach_pods_only_through_secret_key_refs(values):
                     )
 
 
-def test_pods_roll_when_the_configuration_changes():
-    def checksum(values):
-        pod = _by_kind(objects(values), "Deployment")["flashsale-api"]["spec"]["template"]
-        return pod["metadata"]["annotations"]["checksum/config"]
+def _secret_data(rendered: list[dict], name: str) -> dict[str, str]:
+    return _by_kind(rendered, "Secret")[name]["stringData"]
 
-    assert checksum({}) == checksum({})
-    assert checksum({}) != checksum({"config": {"rateCapacity": 10}})
+
+def test_the_in_chart_stores_get_passwords_drawn_once_and_kept():
+    rendered = objects({})
+    redis_password = _secret_data(rendered, "flashsale-redis")["redis-password"]
+    postgres_password = _secret_data(rendered, "flashsale-postgresql")["password"]
+    assert len(redis_password) == len(postgres_password) == 32
+    urls = _secret_data(rendered, "flashsale-urls")
+    # One draw per render: the server's password and the apps' URL agree.
+    assert urls["redis-url"] == f"redis://:{redis_password}@flashsale-redis.flashsale.svc:6379/0"
+    assert postgres_password not in str(urls), "the apps get PGPASSWORD, not a URL with it"
+    assert (
+        urls["database-url"]
+        == "postgresql+psycopg2://flashsale@flashsale-postgresql.flashsale.svc:5432/flashsale"
+    )
+    for name in ("flashsale-redis", "flashsale-postgresql"):
+        secret = _by_kind(rendered, "Secret")[name]
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", "volumes outlive it"
+    env = {e["name"]: e for e in _container(rendered, "flashsale-worker")["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "flashsale-postgresql",
+        "key": "password",
+    }
+    redis = _by_kind(rendered, "StatefulSet")["flashsale-redis"]["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert {e["name"] for e in redis["env"]} == {"REDIS_PASSWORD", "REDISCLI_AUTH"}, "the probe authenticates"
+    assert "flashsale-redis" not in _by_kind(objects({"redis": {"auth": {"enabled": False}}}), "Secret")
+
+
+def test_a_password_becomes_part_of_a_url_only_percent_encoded():
+    awkward = "p@ss word/+:%?#"
+    urls = _secret_data(objects({"redis": {"auth": {"password": awkward}}}), "flashsale-urls")
+    assert urls["redis-url"] == (
+        "redis://:p%40ss%20word%2F%2B%3A%25%3F%23@flashsale-redis.flashsale.svc:6379/0"
+    )
+    from urllib.parse import unquote, urlsplit
+
+    assert unquote(urlsplit(urls["redis-url"]).password) == awkward
+
+
+def test_existing_secrets_hold_the_passwords_and_the_chart_writes_none():
+    values = {
+        "redis": {"auth": {"existingSecret": "sale-redis", "existingSecretKey": "pw"}},
+        "postgresql": {"auth": {"existingSecret": "sale-db"}},
+    }
+    rendered = objects(values)
+    assert not {"flashsale-redis", "flashsale-postgresql"} & set(_by_kind(rendered, "Secret"))
+    assert "redis-url" not in _secret_data(rendered, "flashsale-urls")
+    env = {e["name"]: e for e in _container(rendered, "flashsale-api")["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "sale-redis", "key": "pw"}
+    # Kubernetes expands $(REDIS_PASSWORD), defined before it, into the URL.
+    names = [e["name"] for e in _container(rendered, "flashsale-api")["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("FLASHSALE_REDIS_URL")
+    assert (
+        env["FLASHSALE_REDIS_URL"]["value"]
+        == "redis://:$(REDIS_PASSWORD)@flashsale-redis.flashsale.svc:6379/0"
+    )
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "sale-db", "key": "password"}
+    postgres = _by_kind(rendered, "StatefulSet")["flashsale-postgresql"]["spec"]["template"]["spec"]
+    (password,) = [e for e in postgres["containers"][0]["env"] if e["name"] == "POSTGRES_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "sale-db", "key": "password"}
+
+
+def test_pods_roll_when_the_configuration_or_a_secret_changes():
+    def checksums(values):
+        pods = _by_kind(objects(values), "Deployment")
+        return {
+            name: {
+                k: v for k, v in pod["spec"]["template"]["metadata"]["annotations"].items() if "checksum" in k
+            }
+            for name, pod in pods.items()
+            if name in ("flashsale-api", "flashsale-worker")
+        }
+
+    pinned = {"redis": {"auth": {"password": "a"}}, "postgresql": {"auth": {"password": "b"}}}
+    base = checksums(pinned)
+    assert base == checksums(pinned)
+    for change in (
+        {"config": {"rateCapacity": 10}},
+        {"adminToken": "t0ken"},
+        {"redis": {"auth": {"password": "rotated"}}},
+        {"postgresql": {"auth": {"password": "rotated"}}},
+    ):
+        changed = checksums(_merged(pinned, change))
+        for name in base:
+            assert changed[name] != base[name], (name, change)
+
+
+def _merged(base: dict, change: dict) -> dict:
+    merged = {**base}
+    for key, value in change.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and key in base else value
+    return merged
+
+
+def test_redis_is_sized_for_a_drop_of_the_configured_orders():
+    rendered = objects({})
+    conf = _by_kind(rendered, "ConfigMap")["flashsale-redis"]["data"]["redis.conf"]
+    maxmemory_mb = int(conf.split("maxmemory ")[1].split("mb")[0])
+    assert maxmemory_mb * 2**20 >= 100_000 * 7_000, "a drop of 100,000 orders at the documented bytes each"
+    redis = _by_kind(rendered, "StatefulSet")["flashsale-redis"]["spec"]["template"]["spec"]["containers"][0]
+    limit_mi = int(redis["resources"]["limits"]["memory"].removesuffix("Mi"))
+    assert limit_mi > maxmemory_mb, "the kernel must not kill Redis before maxmemory refuses writes"
+    small = objects({"redis": {"capacity": {"orders": 1000}}})
+    conf = _by_kind(small, "ConfigMap")["flashsale-redis"]["data"]["redis.conf"]
+    assert "maxmemory 70mb" in conf
+    with pytest.raises(Exception, match=r"redis\.maxmemory 200mb is below"):
+        objects({"redis": {"maxmemory": "200mb"}})
+    assert (
+        "maxmemory 2048mb"
+        in _by_kind(objects({"redis": {"maxmemory": "2gb"}}), "ConfigMap")["flashsale-redis"]["data"][
+            "redis.conf"
+        ]
+    )
+
+
+def _max_connections(rendered: list[dict]) -> int:
+    postgres = _by_kind(rendered, "StatefulSet")["flashsale-postgresql"]["spec"]["template"]["spec"]
+    (argument,) = [a for a in postgres["containers"][0]["args"] if a.startswith("max_connections=")]
+    return int(argument.removeprefix("max_connections="))
+
+
+def test_postgresql_holds_every_pool_at_the_autoscaling_maximums():
+    from db.session import make_engine
+
+    # The pool sizes the chart counts on: what the API's and a worker's engines really open.
+    api_pool = make_engine("postgresql+psycopg2://u@h/d").pool
+    assert api_pool.size() + api_pool._max_overflow == 10
+    values = {"api": {"autoscaling": {"maxReplicas": 30}}, "worker": {"autoscaling": {"maxReplicas": 40}}}
+    needed = 30 * 10 + 40 * 4 + 4 + 3  # API pods, workers, hooks, superuser slots
+    assert _max_connections(objects(values)) >= needed
+    assert _max_connections(objects({})) >= 10 * 10 + 10 * 4 + 4 + 3
+    with pytest.raises(Exception, match="max_connections 100 cannot hold"):
+        objects(values | {"postgresql": {"maxConnections": 100}})
+    external = {
+        "postgresql": {"enabled": False, "external": {"url": "postgresql://u@db/x", "maxConnections": 50}}
+    }
+    with pytest.raises(Exception, match="max_connections 50 cannot hold"):
+        objects(external)
+
+
+def test_scheduling_and_pulling_reach_every_pod():
+    placement = {
+        "nodeSelector": {"pool": "sale"},
+        "tolerations": [{"key": "sale", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "priorityClassName": "sale-critical",
+        "podAnnotations": {"example.com/team": "sale"},
+    }
+    values = {
+        "global": {"imageRegistry": "mirror.example.com"},
+        "imagePullSecrets": [{"name": "mirror-pull"}],
+        "otel": {"collector": {"enabled": True} | placement},
+        "hooks": placement | {"seed": {"enabled": True}},
+        "tests": {"demo": True},
+        **{component: placement for component in ("api", "worker", "redis", "postgresql")},
+    }
+    rendered = objects(values)
+    specs = _pod_specs(rendered)
+    assert len(specs) == 9, sorted(specs)  # api, worker, redis, postgresql, collector, 2 hooks, 2 tests
+    for name, spec in specs.items():
+        for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+            assert spec[field] == placement[field], (name, field)
+        assert spec["imagePullSecrets"] == [{"name": "mirror-pull"}], name
+        for container in spec["containers"]:
+            assert container["image"].startswith("mirror.example.com/"), container["image"]
+    images = {c["image"] for spec in specs.values() for c in spec["containers"]}
+    assert images == {
+        "mirror.example.com/flashsale/flashsale:0.1.0",
+        "mirror.example.com/library/redis:7.4-alpine",
+        "mirror.example.com/library/postgres:17-alpine",
+        "mirror.example.com/otel/opentelemetry-collector:0.120.0",
+    }
+    templates = [o["spec"]["template"] for o in rendered if o["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for template in templates:
+        assert template["metadata"]["annotations"]["example.com/team"] == "sale"
+    worker = specs["flashsale-worker"]
+    assert (
+        _by_kind(objects({}), "Deployment")["flashsale-worker"]["spec"]["template"]["spec"][
+            "topologySpreadConstraints"
+        ][0]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        == "worker"
+    )
+    assert worker["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_images_are_fully_qualified_for_runtimes_that_refuse_short_names():
+    for spec in _pod_specs(objects({"otel": {"collector": {"enabled": True}}})).values():
+        for container in spec["containers"]:
+            registry = container["image"].split("/")[0]
+            assert "." in registry, container["image"]
+
+
+def test_platform_assigned_users_keep_working():
+    """OpenShift assigns each namespace's user: nulling runAsUser & co leaves them out."""
+    unset = {"runAsUser": None, "runAsGroup": None, "fsGroup": None}
+    values = {
+        "podSecurityContext": unset,
+        "redis": {"podSecurityContext": unset},
+        "postgresql": {"podSecurityContext": unset},
+    }
+    validate_values(values)
+    for name, spec in _pod_specs(objects(values)).items():
+        assert not set(unset) & set(spec["securityContext"]), name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
 
 
 def test_the_ingress_routes_the_buyers_paths_only():
@@ -295,7 +603,8 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
     rendered = objects(values_of(REPO_ROOT / "charts/flashsale/ci/production-like-values.yaml"))
     policies = _by_kind(rendered, "NetworkPolicy")
     (rule,) = policies["flashsale-api"]["spec"]["ingress"]
-    ingress_peer, test_peer, prometheus = rule["from"]
+    ingress_peer, test_peer, prometheus, keda = rule["from"]
+    assert keda == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
     assert prometheus == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     assert policies["flashsale-worker"]["spec"]["ingress"] == [
         {"from": [prometheus], "ports": [{"port": "metrics"}]}
@@ -307,14 +616,14 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
     assert collector["ports"] == [{"port": 4318, "protocol": "TCP"}], "extraEgress: the traces' way out"
 
     in_chart = _by_kind(objects({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
-    redis_from = in_chart["flashsale-redis"]["spec"]["ingress"][0]["from"]
-    assert redis_from[0]["podSelector"]["matchExpressions"][0]["values"] == [
-        "api",
-        "worker",
-        "migrate",
-        "seed",
-    ]
-    assert redis_from[1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    (redis_from,) = in_chart["flashsale-redis"]["spec"]["ingress"][0]["from"]
+    assert redis_from["podSelector"]["matchExpressions"][0]["values"] == ["api", "worker", "migrate", "seed"]
+    # With KEDA, its operator may ask the API for /backlog (it never talks to Redis).
+    with_keda = _by_kind(objects(_served(KEDA) | {"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    assert with_keda["flashsale-api"]["spec"]["ingress"][0]["from"][-1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+    }
+    assert len(with_keda["flashsale-redis"]["spec"]["ingress"][0]["from"]) == 1
     for store in ("flashsale-redis", "flashsale-postgresql"):
         spec = in_chart[store]["spec"]
         assert "Egress" in spec["policyTypes"] and not spec.get("egress"), f"{store} calls out to nothing"
@@ -326,12 +635,13 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
         "test",
         None,
     ]
-    # flashsale's pods reach each in-chart server on its own port only, and DNS.
+    # flashsale's pods reach each in-chart server on its own port only, and DNS on port 53
+    # anywhere (NodeLocal DNSCache answers from a node address no selector matches).
     egress = in_chart["flashsale-egress"]["spec"]["egress"]
     ports = {
-        rule["to"][0]["podSelector"]["matchLabels"].get("app.kubernetes.io/component", "dns"): [
-            p["port"] for p in rule["ports"]
-        ]
+        rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        if "to" in rule
+        else "dns": [p["port"] for p in rule["ports"]]
         for rule in egress
     }
     assert ports == {
@@ -402,7 +712,10 @@ def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
         {"ingress": {"enabled": True}},  # without trustedProxies every buyer shares one limit
         {"redis": {"enabled": False}},  # and no URL for the external one
         {"postgresql": {"enabled": False, "external": {"url": "mysql://db/x"}}},
-        {"redis": {"enabled": False, "external": {"url": "redis://r:6379/0"}}},  # KEDA needs an address
+        {"redis": {"maxmemory": "lots"}},
+        {"hooks": {"migrate": {"activeDeadlineSeconds": 600}}},  # past Helm's hook timeout
+        {"metrics": {"serviceMonitor": {"enabled": "yes"}}},
+        {"redis": {"podSecurityContext": {"runAsNonRoot": False}}},
         {"tests": {"demo": True}},  # the demo buys a product only the seed makes
         {"api": {"replicaCount": 0}},
         {"api": {"trustedProxies": ["everyone"]}},

@@ -55,7 +55,65 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "flashsale.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "flashsale.imageRef" (dict "root" . "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag)) }}
+{{- end }}
+
+{{/* repository:tag, with global.imageRegistry in place of the repository's registry (a
+     repository without one is Docker Hub's). Call with (dict "root" $ "repository" r "tag" t). */}}
+{{- define "flashsale.imageRef" -}}
+{{- $repository := .repository }}
+{{- with .root.Values.global.imageRegistry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if or (contains "." $first) (contains ":" $first) (eq $first "localhost") }}
+{{- $parts = rest $parts }}
+{{- else if eq (len $parts) 1 }}
+{{- $parts = prepend $parts "library" }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (join "/" $parts) }}
+{{- end }}
+{{- printf "%s:%s" $repository .tag }}
+{{- end }}
+
+{{/* What the cluster serves ------------------------------------------------- */}}
+
+{{/* "true" when the cluster serves this API version (or capabilities.apiVersions says it
+     does). Call with (dict "root" $ "api" "keda.sh/v1alpha1"). */}}
+{{- define "flashsale.serves" -}}
+{{- if or (.root.Capabilities.APIVersions.Has .api) (has .api .root.Values.capabilities.apiVersions) }}true{{ end }}
+{{- end }}
+
+{{/* The worker autoscaling in effect: keda, external or none (mode auto decided). */}}
+{{- define "flashsale.workerScaling" -}}
+{{- $mode := .Values.worker.autoscaling.mode }}
+{{- if ne $mode "auto" }}{{ $mode }}
+{{- else if include "flashsale.serves" (dict "root" . "api" "keda.sh/v1alpha1") }}keda
+{{- else if include "flashsale.serves" (dict "root" . "api" "external.metrics.k8s.io/v1beta1") }}external
+{{- else }}none
+{{- end }}
+{{- end }}
+
+{{/* Why that autoscaling, for NOTES.txt. */}}
+{{- define "flashsale.workerScalingReason" -}}
+{{- $scaling := include "flashsale.workerScaling" . }}
+{{- if ne .Values.worker.autoscaling.mode "auto" }}worker.autoscaling.mode is {{ $scaling }}
+{{- else if eq $scaling "keda" }}auto: the cluster serves keda.sh/v1alpha1
+{{- else if eq $scaling "external" }}auto: the cluster serves external.metrics.k8s.io but not keda.sh/v1alpha1
+{{- else }}auto: the cluster serves neither keda.sh/v1alpha1 nor external.metrics.k8s.io, so {{ .Values.worker.replicaCount }} fixed workers
+{{- end }}
+{{- end }}
+
+{{/* "true" when the Prometheus Operator's monitors are to be made. */}}
+{{- define "flashsale.monitors" -}}
+{{- $enabled := .Values.metrics.serviceMonitor.enabled }}
+{{- if eq (toString $enabled) "auto" }}{{ include "flashsale.serves" (dict "root" . "api" "monitoring.coreos.com/v1") }}
+{{- else if $enabled }}true
+{{- end }}
+{{- end }}
+
+{{/* The API's address as other namespaces (KEDA's operator) resolve it. */}}
+{{- define "flashsale.apiClusterUrl" -}}
+{{- printf "http://%s-api.%s.svc:%v" (include "flashsale.fullname" .) .Release.Namespace .Values.api.service.port }}
 {{- end }}
 
 {{/* Where the app's connection URLs live ------------------------------------ */}}
@@ -65,27 +123,83 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-urls" (include "flashsale.fullname" .) }}
 {{- end }}
 
+{{- define "flashsale.redisHost" -}}
+{{- printf "%s-redis.%s.svc" (include "flashsale.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The in-chart Redis's URL with the password percent-encoded (the chart knows it). */}}
 {{- define "flashsale.redisUrl" -}}
-{{- if .Values.redis.enabled }}
-{{- printf "redis://%s-redis:6379/0" (include "flashsale.fullname" .) }}
+{{- if .Values.redis.auth.enabled }}
+{{- $password := include "flashsale.generatedPassword" (dict "root" . "secret" "redis" "key" "redis-password" "given" .Values.redis.auth.password) }}
+{{- printf "redis://:%s@%s:6379/0" (include "flashsale.urlEncode" $password) (include "flashsale.redisHost" .) }}
 {{- else }}
-{{- .Values.redis.external.url }}
+{{- printf "redis://%s:6379/0" (include "flashsale.redisHost" .) }}
 {{- end }}
 {{- end }}
 
-{{- define "flashsale.postgresPassword" -}}
-{{- $secret := lookup "v1" "Secret" .Release.Namespace (printf "%s-postgresql" (include "flashsale.fullname" .)) }}
-{{- if .Values.postgresql.auth.password }}
-{{- .Values.postgresql.auth.password }}
-{{- else if $secret }}
-{{- index $secret.data "password" | b64dec }}
+{{/* Percent-encoding for a URL's userinfo: urlquery encodes all but [A-Za-z0-9-_.~] and
+     writes a space as "+", which userinfo would read as a plus. */}}
+{{- define "flashsale.urlEncode" -}}
+{{- . | urlquery | replace "+" "%20" }}
+{{- end }}
+
+{{/* A password: the one given in values, else the one this release's Secret already holds
+     (so upgrades keep it), else a new random one. lookup sees nothing under `helm template`,
+     so GitOps users give an existingSecret instead. Call with
+     (dict "root" $ "secret" "redis" "key" "redis-password" "given" <value>). */}}
+{{- define "flashsale.generatedPassword" -}}
+{{- /* Drawn once per render: the Secret, the URL and the checksum must see the same one. */}}
+{{- if not (hasKey .root.Values "generatedPasswords") }}
+{{- $_ := set .root.Values "generatedPasswords" dict }}
+{{- end }}
+{{- $drawn := .root.Values.generatedPasswords }}
+{{- if not (hasKey $drawn .secret) }}
+{{- $name := printf "%s-%s" (include "flashsale.fullname" .root) .secret }}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace $name }}
+{{- if .given }}
+{{- $_ := set $drawn .secret .given }}
+{{- else if and $existing (hasKey $existing.data .key) }}
+{{- $_ := set $drawn .secret (index $existing.data .key | b64dec) }}
 {{- else }}
-{{- randAlphaNum 32 }}
+{{- $_ := set $drawn .secret (randAlphaNum 32) }}
+{{- end }}
+{{- end }}
+{{- index $drawn .secret }}
+{{- end }}
+
+{{/* The Secret and key holding the in-chart PostgreSQL's password. */}}
+{{- define "flashsale.postgresPasswordRef" -}}
+{{- with .Values.postgresql.auth.existingSecret }}
+name: {{ . }}
+key: {{ $.Values.postgresql.auth.existingSecretKey }}
+{{- else }}
+name: {{ include "flashsale.fullname" . }}-postgresql
+key: password
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key holding the in-chart Redis's password. */}}
+{{- define "flashsale.redisPasswordRef" -}}
+{{- with .Values.redis.auth.existingSecret }}
+name: {{ . }}
+key: {{ $.Values.redis.auth.existingSecretKey }}
+{{- else }}
+name: {{ include "flashsale.fullname" . }}-redis
+key: redis-password
 {{- end }}
 {{- end }}
 
 {{/* FLASHSALE_*_URL env entries: from an existing Secret, or from the chart's. */}}
 {{- define "flashsale.urlEnv" -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled .Values.redis.auth.existingSecret }}
+{{- /* The chart never sees this password: Kubernetes puts it into the URL ($(VAR) expansion). */}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- include "flashsale.redisPasswordRef" . | nindent 6 }}
+- name: FLASHSALE_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "flashsale.redisHost" .) | quote }}
+{{- else }}
 - name: FLASHSALE_REDIS_URL
   valueFrom:
     secretKeyRef:
@@ -96,15 +210,20 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ include "flashsale.urlSecretName" . }}
       key: redis-url
       {{- end }}
+{{- end }}
+{{- if .Values.postgresql.enabled }}
+{{- /* libpq reads PGPASSWORD when the URL has none: the password never becomes a URL. */}}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- include "flashsale.postgresPasswordRef" . | nindent 6 }}
+{{- end }}
 - name: FLASHSALE_DATABASE_URL
   valueFrom:
     secretKeyRef:
       {{- if and (not .Values.postgresql.enabled) .Values.postgresql.external.existingSecret }}
       name: {{ .Values.postgresql.external.existingSecret }}
       key: {{ .Values.postgresql.external.existingSecretKey }}
-      {{- else if .Values.postgresql.enabled }}
-      name: {{ include "flashsale.fullname" . }}-postgresql
-      key: database-url
       {{- else }}
       name: {{ include "flashsale.urlSecretName" . }}
       key: database-url
@@ -192,23 +311,116 @@ volumeMounts:
     mountPath: /tmp
 {{- end }}
 
-{{/* What every flashsale pod shares; call with (dict "root" $). */}}
+{{/* What every flashsale pod shares; call with (dict "root" $ "scheduling" <values>). */}}
 {{- define "flashsale.podBase" -}}
 serviceAccountName: {{ include "flashsale.serviceAccountName" .root }}
 automountServiceAccountToken: false
-{{- with .root.Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- include "flashsale.pulling" .root }}
 securityContext:
   {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- include "flashsale.scheduling" .scheduling }}
 volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
 {{- end }}
 
-{{/* Pods roll when their configuration changes. */}}
+{{/* imagePullSecrets, for every pod of the chart. */}}
+{{- define "flashsale.pulling" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Where a pod may run: a component's nodeSelector, tolerations, affinity,
+     priorityClassName and topologySpreadConstraints (as far as its values have them). */}}
+{{- define "flashsale.scheduling" -}}
+{{- range $field := list "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" }}
+{{- with index $ $field }}
+{{ $field }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Pods roll when their configuration or a Secret the chart writes changes (a Secret you
+     bring, existingSecret, is yours to roll out). */}}
 {{- define "flashsale.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secrets: {{ include "flashsale.secretsDigest" . }}
+{{- end }}
+
+{{- define "flashsale.secretsDigest" -}}
+{{- $secrets := list }}
+{{- range $template := list "/secret.yaml" "/postgresql/secret.yaml" "/redis/secret.yaml" }}
+{{- $secrets = append $secrets (include (print $.Template.BasePath $template) $) }}
+{{- end }}
+{{- join "\n---\n" $secrets | sha256sum }}
+{{- end }}
+
+{{/* Connections the apps may open at once: a pool of 5 + 5 overflow per API pod
+     (service/resources.py), 2 + 2 per worker (worker/jobs.py), 1 + 1 per hook. */}}
+{{- define "flashsale.connectionsNeeded" -}}
+{{- $api := ternary .Values.api.autoscaling.maxReplicas .Values.api.replicaCount .Values.api.autoscaling.enabled }}
+{{- /* Workers at the larger of both counts: a cluster that gains KEDA later must not need a new max_connections (a PostgreSQL restart). */}}
+{{- $workers := max .Values.worker.replicaCount .Values.worker.autoscaling.maxReplicas }}
+{{- add (mul $api 10) (mul $workers 4) 4 }}
+{{- end }}
+
+{{/* Capacity ------------------------------------------------------------------ */}}
+
+{{/* The in-chart Redis's maxmemory in MiB: redis.maxmemory ("<n>mb" or "<n>gb"), else what
+     redis.capacity needs; the chart refuses an override smaller than that. */}}
+{{- define "flashsale.redisMaxmemoryMiB" -}}
+{{- $capacity := .Values.redis.capacity }}
+{{- $needed := add $capacity.baseMiB (div (mul $capacity.orders $capacity.bytesPerOrder) 1048576) }}
+{{- with .Values.redis.maxmemory }}
+{{- $number := int (regexFind "^[0-9]+" .) }}
+{{- $mib := ternary (mul $number 1024) $number (hasSuffix "gb" .) }}
+{{- if lt (int $mib) (int $needed) }}
+{{- fail (printf "redis.maxmemory %s is below the %dmb that redis.capacity needs (%d orders x %d B + %d MiB): raise it, or lower redis.capacity.orders" . $needed (int $capacity.orders) (int $capacity.bytesPerOrder) (int $capacity.baseMiB)) }}
+{{- end }}
+{{- $mib }}
+{{- else }}
+{{- $needed }}
+{{- end }}
+{{- end }}
+
+{{/* The in-chart Redis's resources: the memory limit, unless given, is maxmemory plus half
+     again for the copy-on-write of an AOF rewrite. */}}
+{{- define "flashsale.redisResources" -}}
+{{- $resources := deepCopy .Values.redis.resources }}
+{{- $limits := default dict $resources.limits }}
+{{- if not (hasKey $limits "memory") }}
+{{- $maxmemory := int (include "flashsale.redisMaxmemoryMiB" .) }}
+{{- $_ := set $limits "memory" (printf "%dMi" (add $maxmemory (div $maxmemory 2))) }}
+{{- end }}
+{{- $_ := set $resources "limits" $limits }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/* PostgreSQL's max_connections: postgresql.maxConnections, else what the pools need plus
+     the superuser's reserved slots and headroom; the chart refuses a value below the need. */}}
+{{- define "flashsale.postgresMaxConnections" -}}
+{{- $needed := int (include "flashsale.connectionsNeeded" .) }}
+{{- $given := int (ternary .Values.postgresql.maxConnections .Values.postgresql.external.maxConnections .Values.postgresql.enabled) }}
+{{- if and $given (lt $given (add $needed 3)) }}
+{{- fail (printf "PostgreSQL max_connections %d cannot hold the pools at the autoscaling maximums: %d connections plus 3 reserved for the superuser (API pods x 10, workers x 4, hooks 4); raise it or lower api/worker maxReplicas" $given $needed) }}
+{{- end }}
+{{- default (add $needed 3 (div $needed 5)) $given }}
+{{- end }}
+
+{{/* A component's scheduling values, its topologySpreadConstraints defaulting to a soft
+     spread of its pods across nodes. Call with (dict "root" $ "component" "api" "values" <values>). */}}
+{{- define "flashsale.spreadScheduling" -}}
+{{- $spread := .values.topologySpreadConstraints }}
+{{- if not $spread }}
+{{- $selector := include "flashsale.componentSelector" (dict "root" .root "component" .component) | fromYaml }}
+{{- $spread = list (dict "maxSkew" 1 "topologyKey" "kubernetes.io/hostname" "whenUnsatisfiable" "ScheduleAnyway" "labelSelector" (dict "matchLabels" $selector)) }}
+{{- end }}
+{{- toYaml (merge (dict "topologySpreadConstraints" $spread) (omit .values "topologySpreadConstraints")) }}
 {{- end }}
