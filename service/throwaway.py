@@ -203,8 +203,9 @@ def _as_postgres_user() -> dict:
 
 
 @contextmanager
-def restartable_postgres(port: int | None = None) -> Iterator[Server]:
-    """A fresh PostgreSQL cluster with trust auth for ``postgres`` on loopback."""
+def restartable_postgres(port: int | None = None, password: str | None = None) -> Iterator[Server]:
+    """A fresh PostgreSQL cluster for ``postgres`` on loopback: trust auth, or with a
+    ``password`` SCRAM auth (the URL then carries none: give it as PGPASSWORD)."""
     initdb = _find("initdb", POSTGRES_BIN_DIRS)
     postgres = _find("postgres", POSTGRES_BIN_DIRS)
     port = port or free_port()
@@ -214,8 +215,15 @@ def restartable_postgres(port: int | None = None) -> Iterator[Server]:
     try:
         if run_as:
             os.chown(base, run_as["user"], run_as["group"])
+        auth = ["--auth=trust"]
+        if password is not None:
+            password_file = base / "password"
+            password_file.write_text(password)
+            if run_as:
+                os.chown(password_file, run_as["user"], run_as["group"])
+            auth = ["--auth=scram-sha-256", f"--pwfile={password_file}"]
         initialised = subprocess.run(
-            [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            [initdb, "-D", str(data), "-U", "postgres", *auth, "-E", "UTF8"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
