@@ -20,6 +20,7 @@ from service.logs import configure_logging
 from service.request_body import StrictJsonRequest
 from service.resources import provide_resources, resources_lifespan
 from service.routes.admin import AdminController
+from service.routes.backlog import backlog
 from service.routes.buy import buy
 from service.routes.dashboard import DashboardPlugin
 from service.routes.health import healthz, readyz
@@ -42,7 +43,7 @@ def _cors(settings: Settings) -> CORSConfig | None:
     )
 
 
-UNTRACED_PATHS = ["/metrics", "/healthz", "/readyz", "/dashboard"]
+UNTRACED_PATHS = ["/metrics", "/backlog", "/healthz", "/readyz", "/dashboard"]
 
 
 def create_app(settings: Settings | None = None) -> FlashsaleApp:
@@ -65,7 +66,16 @@ def create_app(settings: Settings | None = None) -> FlashsaleApp:
         # Spans of the last requests leave too. (A hook with parameters is handed the app.)
         on_shutdown.append(lambda: tracer_provider.force_flush())
     app = FlashsaleApp(
-        route_handlers=[buy, get_order, get_product, healthz, readyz, AdminController, MetricsController],
+        route_handlers=[
+            buy,
+            get_order,
+            get_product,
+            healthz,
+            readyz,
+            backlog,
+            AdminController,
+            MetricsController,
+        ],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
         lifespan=[resources_lifespan(settings)],
         plugins=plugins,

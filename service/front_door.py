@@ -23,7 +23,7 @@ from service.metrics import REQUEST_ERRORS, REQUEST_SECONDS, REQUESTS
 from service.sale_stats import BUY_PATH, OUTCOME_COUNTS, outcome_of, replayed_in
 
 request_log = logging.getLogger("flashsale.requests")
-UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/backlog"})
 """Probes and scrapes: frequent, uninteresting, and not worth a metric or a log line."""
 DASHBOARD_PREFIX = "/dashboard"  # a stream: its "duration" is how long someone watched
 UNMATCHED = "unmatched"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # service.backlog imports the queue, which imports these metrics
+    from service.backlog import Backlog
 
 REQUEST_LABELS = ["method", "path", "status_code", "app_name"]
 """``path`` is the route's template (``/orders/{order_id}``), never the raw path."""
@@ -52,9 +57,24 @@ QUEUE_BACKLOG = Gauge(
     "workers busy with taken jobs are not scaled in.",
     ["queue"],
 )
+ORDERS_UNDECIDED = Gauge(
+    "flashsale_orders_undecided",
+    "Orders admitted and not yet decided (fs:admitted), sampled by each API pod: what "
+    "worker autoscaling follows (GET /backlog's undecided_orders).",
+)
+OLDEST_UNDECIDED_AGE = Gauge(
+    "flashsale_orders_oldest_undecided_age_seconds",
+    "How long the oldest undecided order has waited, by Redis's clock; 0 when none waits "
+    "(GET /backlog's oldest_age_seconds).",
+)
 
 
 def set_queue_gauges(queue: str, waiting: int, running: int) -> None:
     QUEUE_WAITING.labels(queue).set(waiting)
     QUEUE_RUNNING.labels(queue).set(running)
     QUEUE_BACKLOG.labels(queue).set(waiting + running)
+
+
+def set_backlog_gauges(backlog: Backlog) -> None:
+    ORDERS_UNDECIDED.set(backlog.undecided_orders)
+    OLDEST_UNDECIDED_AGE.set(backlog.oldest_age_seconds)
