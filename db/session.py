@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import create_engine
+
+from service.logs import Throttled
+
+UNREACHABLE_LOG = Throttled(logging.getLogger(__name__))
 
 
 def make_engine(database_url: str, pool_size: int = 5) -> Engine:
@@ -16,11 +24,18 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
     )
 
 
-def database_reachable(engine: Engine) -> bool:
-    """``SELECT 1``: connectivity only, never the schema."""
+def database_problem(engine: Engine) -> str | None:
+    """``SELECT 1`` (connectivity only, never the schema): None when it works, else why not,
+    also logged. Only a server out of reach counts; any other error is a bug and raises."""
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception:
-        return False
-    return True
+    except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
+        # The driver's own words ("connection refused", "password authentication failed"),
+        # without SQLAlchemy's statement and link; libpq never repeats a password in them.
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        UNREACHABLE_LOG.warning(
+            type(exc).__name__, "database unreachable", error=type(exc).__name__, reason=reason
+        )
+        return reason
+    return None

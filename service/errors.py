@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from http import HTTPStatus
 from typing import Any
 
@@ -18,6 +17,8 @@ from litestar.plugins.problem_details import (
 )
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
+
+from service.logs import Throttled
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE_PREFIX = "urn:flashsale:problem:"
@@ -96,26 +97,14 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     )
 
 
-UNAVAILABLE_LOG_INTERVAL_SECONDS = 1.0
-_unavailable_logged: dict[str, tuple[float, int]] = {}
-"""Per error kind: when its line was last written, and the 503s answered since."""
-
-
-def _log_unavailable(path: str, exc: Exception) -> None:
-    """One line per error kind a second at most: an outage answers thousands of 503s a
-    second, and a line each would spend CPU and log storage just when the pods need them."""
-    kind, now = type(exc).__name__, time.monotonic()
-    last, unlogged = _unavailable_logged.get(kind, (float("-inf"), 0))
-    if now - last < UNAVAILABLE_LOG_INTERVAL_SECONDS:
-        _unavailable_logged[kind] = (last, unlogged + 1)
-        return
-    _unavailable_logged[kind] = (now, 0)
-    log.warning("dependency unavailable", extra={"path": path, "error": kind, "unlogged_before": unlogged})
+UNAVAILABLE_LOG = Throttled(log)
+"""One line per error kind a second at most, however many 503s an outage answers."""
 
 
 def unavailable_problem(path: str, exc: Exception) -> ProblemDetailsException:
     """Redis or PostgreSQL failed: a 503 the client may retry soon."""
-    _log_unavailable(path, exc)
+    kind = type(exc).__name__
+    UNAVAILABLE_LOG.warning(kind, "dependency unavailable", path=path, error=kind)
     return problem(
         503,
         "unavailable",

@@ -7,6 +7,7 @@ import pytest
 from litestar.testing import TestClient
 
 from service.app import create_app
+from service.logs import Throttled
 from service.stock_gate import gate_key
 from service.throwaway import wait_until
 from tests.support.problems import assert_problem
@@ -142,8 +143,12 @@ def test_probes(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"redis": True, "database": True, "accepting": True}
-    assert ready.json()["limiter"] == {"redis": True, "breaker": "closed", "degraded": False}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"redis": True, "accepting": True},
+        "database": {"reachable": True, "error": None},
+        "limiter": {"redis": True, "breaker": "closed", "degraded": False},
+    }
 
 
 def test_metrics_are_exposed_for_prometheus(client):
@@ -222,11 +227,11 @@ def test_an_outage_logs_one_line_a_second_not_one_per_503(monkeypatch, caplog):
 
     from service import errors
 
-    monkeypatch.setattr(errors, "_unavailable_logged", {})
+    monkeypatch.setattr(errors, "UNAVAILABLE_LOG", Throttled(errors.log))
     with caplog.at_level("WARNING", logger=errors.log.name):
         problems = [errors.unavailable_problem("/buy", RedisConnectionError()) for _ in range(100)]
         assert {(p.status_code, p.headers["Retry-After"]) for p in problems} == {(503, "1")}
-        monkeypatch.setattr(errors, "UNAVAILABLE_LOG_INTERVAL_SECONDS", 0)
+        monkeypatch.setattr(errors.UNAVAILABLE_LOG, "interval", 0)
         errors.unavailable_problem("/buy", RedisConnectionError())
     lines = [r for r in caplog.records if r.getMessage() == "dependency unavailable"]
     assert [(r.error, r.unlogged_before) for r in lines] == [("ConnectionError", 0), ("ConnectionError", 99)]

@@ -88,12 +88,19 @@ def test_no_secret_reaches_logs_answers_traces_or_metrics(system, secrets, tmp_p
             bought = http.post("/buy", json={}, headers={"authorization": f"Bearer {token}"})
             assert bought.status_code == 202
             wait_all_terminal(system.url, [bought.json()["order_id"]], timeout=30)
-            for path in ("/readyz", "/healthz", "/metrics", "/products/1", "/schema/openapi.json"):
+            for path in (
+                "/readyz",
+                "/healthz",
+                "/metrics",
+                "/backlog",
+                "/products/1",
+                "/schema/openapi.json",
+            ):
                 assert http.get(path).status_code == 200, path
             assert http.get("/no/such/path").status_code == 404
 
-        # PostgreSQL away: readiness and admin writes fail, and so does the job of an order a
-        # worker that cannot reach it takes (the good worker has left).
+        # PostgreSQL away: readiness reports it (and logs why), admin writes fail, and so does
+        # the job of an order a worker that cannot reach it takes (the good worker has left).
         system.retire_worker(0).wait(30)
         broken = {**system.env, "FLASHSALE_DATABASE_URL": dead_database}
         with (
@@ -104,17 +111,18 @@ def test_no_secret_reaches_logs_answers_traces_or_metrics(system, secrets, tmp_p
             worker_log = tmp_path / "worker-no-database.log"
             with cli_running(broken, worker_log, "worker"):
                 wait_until(lambda: "OperationalError" in worker_log.read_text(), 60, "the job's failure")
-            assert http.get("/readyz").status_code == 503
+            assert http.get("/readyz").json()["database"]["reachable"] is False
             restock = http.post("/admin/products/1/restock", json={"units": 1}, headers=good)
             assert restock.status_code == 503
             assert http.get("/metrics").status_code == 200
-        # Redis away: readiness and /buy fail.
+        # Redis away: readiness (which logs why), the backlog and /buy fail.
         broken = {**system.env, "FLASHSALE_REDIS_URL": dead_redis}
         with (
             _api(broken, tmp_path / "api-no-redis.log") as url,
             httpx.Client(base_url=url, timeout=10, event_hooks=hooks) as http,
         ):
             assert http.get("/readyz").status_code == 503
+            assert http.get("/backlog").status_code == 503
             assert http.post("/buy", json={}).status_code == 503
 
         # The commands, working and failing.

@@ -1,19 +1,38 @@
-"""Probes: ``/healthz`` says the process is alive; ``/readyz`` that it can serve."""
+"""Probes: ``/healthz`` says the process is alive; ``/readyz`` that this pod can serve.
+
+Readiness is about the pod, not about what every pod shares. ``/buy`` needs only the main
+Redis (admission, the stock gate and the queue live there), so a pod is ready while the main
+Redis answers and it is accepting requests. PostgreSQL and the limiter's Redis are reported in
+the body and never fail it: a PostgreSQL blip would otherwise pull every API pod out of its
+Service at once and turn "orders wait in the queue" into "nobody can buy", and a limiter
+that fails open keeps serving while its Redis is away.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from anyio import to_thread
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from redis.exceptions import RedisClusterException, RedisError
 
-from db.session import database_reachable
+from db.session import database_problem
+from service.logs import Throttled
 from service.resources import Resources
 
 READY_CHECK_TIMEOUT_SECONDS = 2.0
+UNAVAILABLE_ERRORS = (RedisError, OSError, TimeoutError)
+"""A dependency that cannot answer (the app's other 503s are these too). Anything else raised
+by a check is a bug: it answers 500, never a quiet "not ready"."""
+LIMITER_UNAVAILABLE_ERRORS = (*UNAVAILABLE_ERRORS, RedisClusterException, RuntimeError)
+"""As the limiter judges its own Redis: a cluster with no reachable node raises
+RedisClusterException, and its node connections report uvloop's closed transport as
+RuntimeError."""
+NOT_READY_LOG = Throttled(logging.getLogger(__name__))
 
 
 @get("/healthz", summary="Liveness", operation_id="healthz")
@@ -22,37 +41,50 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _redis_ok(client) -> bool:
+async def _ping_problem(client, unavailable: tuple[type[BaseException], ...]) -> str | None:
+    """None when the Redis answers PING in time, else the kind of error it gave."""
     try:
-        return bool(await asyncio.wait_for(client.ping(), READY_CHECK_TIMEOUT_SECONDS))
-    except Exception:
-        return False
+        await asyncio.wait_for(client.ping(), READY_CHECK_TIMEOUT_SECONDS)
+    except unavailable as exc:
+        return type(exc).__name__
+    return None
+
+
+async def _database_problem(resources: Resources) -> str | None:
+    """``database_problem`` off the event loop, given up after the probe's own timeout (the
+    thread is left to finish): a hung PostgreSQL must not hold the answer about this pod."""
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+            return await to_thread.run_sync(database_problem, resources.engine, abandon_on_cancel=True)
+    except TimeoutError:
+        return f"no answer within {READY_CHECK_TIMEOUT_SECONDS:g}s"
 
 
 @get(
     "/readyz",
-    summary="Readiness",
+    summary="Readiness: the main Redis answers and the process accepts requests",
     operation_id="readyz",
-    responses={
-        503: ResponseSpec(dict, description="Not ready: the failing check says why", generate_examples=False)
-    },
+    responses={503: ResponseSpec(dict, description="Not ready: `reason` says why", generate_examples=False)},
 )
 async def readyz(resources: NamedDependency[Resources]) -> Response[dict]:
     with suppress_instrumentation():  # a probe every few seconds per pod: not worth traces
-        checks = {
-            "redis": await _redis_ok(resources.redis),
-            "database": await to_thread.run_sync(database_reachable, resources.engine),
-            "accepting": resources.ready,
-        }
-        # The limiter is reported, not required: a route that fails open must keep serving
-        # while the limiter's Redis is away, so its pods stay ready.
-        limiter = {
-            "redis": await _redis_ok(resources.limiter_redis),
+        redis_problem = await _ping_problem(resources.redis, UNAVAILABLE_ERRORS)
+        database = await _database_problem(resources)
+        limiter_problem = await _ping_problem(resources.limiter_redis, LIMITER_UNAVAILABLE_ERRORS)
+    body = {
+        "checks": {"redis": redis_problem is None, "accepting": resources.ready},
+        "database": {"reachable": database is None, "error": database},
+        "limiter": {
+            "redis": limiter_problem is None,
             "breaker": resources.limiter.breaker.state.value,
             "degraded": resources.limiter.degraded,
-        }
-    ready = all(checks.values())
-    return Response(
-        {"status": "ready" if ready else "unavailable", "checks": checks, "limiter": limiter},
-        status_code=200 if ready else 503,
-    )
+        },
+    }
+    if redis_problem:
+        reason = f"main Redis: {redis_problem}"
+    elif not resources.ready:
+        reason = "shutting down"
+    else:
+        return Response({"status": "ready", **body}, status_code=200)
+    NOT_READY_LOG.warning(reason, "not ready", reason=reason)
+    return Response({"status": "unavailable", "reason": reason, **body}, status_code=503)
