@@ -5,7 +5,9 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from rq import Worker
 from rq.registry import FailedJobRegistry
+from rq.suspension import resume, suspend
 from sqlalchemy import text
 
 from db.orders import AdmittedOrder
@@ -78,3 +80,31 @@ def test_sigterm_lets_a_busy_worker_finish_its_order_and_take_no_other(system, f
     assert process.wait(30) == 0
     assert len(order_rows(fresh_db)) == 1, "the order in hand was finished"
     assert order_queue(redis).count == 4, "the others wait, queued, for the next worker"
+
+
+def test_rq_suspend_holds_an_idle_worker_alive_until_resume(system, fresh_db, redis, tmp_path):
+    """RQ itself looks at a suspension only between jobs, so an idle worker would still take
+    the next one; ours holds idle too, beating its liveness file, and works again on resume."""
+    heartbeat = tmp_path / "heartbeat"
+    system.env["FLASHSALE_WORKER_HEARTBEAT_FILE"] = str(heartbeat)
+    system.start_workers(1)
+    (process,) = system.workers
+    queue = order_queue(redis)
+
+    def state() -> str:
+        return next(w.get_state() for w in Worker.all(queue=queue) if w.pid == process.pid)
+
+    wait_until(lambda: state() == "idle", 30, "the worker waiting for a job")
+    suspend(redis)
+    wait_until(lambda: state() == "suspended", 10, "the idle worker held")
+    order_ids = _enqueue(redis, 5)
+    # Three turns of its loop (FLASHSALE_WORKER_MAINTENANCE_INTERVAL is 1 s here): time enough
+    # to take a job, were it not held; all the while it stays alive for its probe.
+    beat = heartbeat.stat().st_mtime
+    wait_until(lambda: heartbeat.stat().st_mtime >= beat + 3, 10, "three heartbeats while held")
+    assert state() == "suspended" and not order_rows(fresh_db)
+    assert queue.count == 5
+
+    resume(redis)
+    wait_until(lambda: len(order_rows(fresh_db)) == 5, 30, "the orders decided after resume")
+    assert set(order_rows(fresh_db)) == set(order_ids)

@@ -122,6 +122,20 @@ class OrderWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or 0) + ABANDON_GRACE_SECONDS
 
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """RQ looks at ``rq suspend`` only between jobs: an idle worker, waiting in its
+        blocking pop, would still take the next job whenever it came. Waiting one ``timeout``
+        (a maintenance interval) at a time and looking in between, a suspension holds idle
+        workers too; a suspended worker keeps beating, so its liveness probe stays green."""
+        if timeout is None or max_idle_time is not None:  # burst mode, or an idle limit of RQ's
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
+            if result is not None:
+                return result
+            self.check_for_suspension(burst=False)
+        return None
+
     @property
     def dequeue_timeout(self) -> int:
         # An idle worker waits in BLPOP; wake it every maintenance interval so it sweeps for
