@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
+import zlib
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -86,6 +88,16 @@ def job_arguments(order: AdmittedOrder) -> list:
         order.client_id,
         order.admitted_at.isoformat(),
     ]
+
+
+def arguments_of(data: bytes) -> list:
+    """An order job's arguments from the ``data`` field of its hash: JSON as admit.lua writes
+    it, or zlib-compressed JSON as RQ's own save writes it (``rq.job.Job.restore`` reads both)
+    — without restoring the whole job, which costs six times as much."""
+    with contextlib.suppress(zlib.error):
+        data = zlib.decompress(data)
+    _, _, arguments, _ = JSONSerializer.loads(data)
+    return arguments
 
 
 def _description(order: AdmittedOrder) -> str:

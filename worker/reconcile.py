@@ -1,32 +1,47 @@
-"""Bring each stock gate back to what the database and the queue say it must be.
+"""Bring each stock gate back to what the database and the admitted-order record say it must be.
 
-    gate = database stock - units of admitted orders the database has not decided yet
+    gate = database stock - units held by admitted orders
+
+An order holds its units from its admission until its decision has put them where they
+belong: in the database's stock count (confirmed), nowhere (rejected as sold out: the gate
+had promised units the database did not have), or back in the gate (rejected as failed).
+``fs:admitted`` lists every admitted order until that moment, whichever of RQ's lists its
+job is in (queued, popped, running, waiting for a retry, dead-lettered, or none), so the
+count comes from it, never from RQ's lists.
 
 Drift comes from a gate rebuilt while orders were in flight, orders the database rejected as
-sold out although the gate had admitted them, or a Redis that lost writes in a crash. The
-queue is read before the database, so an order confirmed in between is counted twice and the
-gate comes out low, never high: a repair can make the sale stop early for one pass, never
-admit what PostgreSQL cannot confirm. A gate that moves while it is being checked (a sale in
-full swing) is left alone for that pass.
+sold out although the gate had admitted them, or a Redis that lost writes in a crash. A pass
+never sets a gate above the truth:
+
+- the gate is WATCHed before anything is read, and every admission, and every return of a
+  failed order's units, moves the gate: one that happens during the pass voids it (a sale in
+  full swing is left alone for that pass);
+- ``fs:admitted`` is read before the database, and an order leaves it only after its row
+  is committed, so an order decided in between is counted as held and in the stock: low;
+- the order rows are read before the stock, so an order confirmed in between is held and
+  taken from the stock: low;
+- a failed order's units go back to the gate in the same step that takes it off
+  ``fs:admitted`` (worker/jobs.py), so until then they are held.
+
+A repair can make the sale stop early for one pass, never admit what PostgreSQL cannot confirm.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import WatchError
 from rq.job import Job
-from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from db.models import Order, Product
+from db.models import OrderStatus, Product, RejectReason
+from db.orders import DECIDED_AMONG
 from service.stock_gate import GATE_CHANNEL, gate_key
-from worker.queue import order_queue
+from worker.queue import ADMITTED_KEY, arguments_of
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +53,52 @@ class Repair:
     gate_after: int
 
 
-def undecided_units(redis: Redis, engine: Engine) -> Counter:
-    """Units per product promised to orders that are queued, running or waiting for a retry,
-    and not yet decided in the database."""
-    queue = order_queue(redis)
-    job_ids = queue.get_job_ids()
-    job_ids += StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
-    job_ids += ScheduledJobRegistry(queue=queue).get_job_ids(cleanup=False)
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What ``fs:admitted`` holds, read through each order's job."""
+
+    orders: dict[uuid.UUID, tuple[int, int]]
+    """order id -> (product id, quantity), from the job's arguments."""
+    unreadable: int
+    """Admitted orders whose job is gone: their product and units are unknown."""
+
+    def of_product(self, product_id: int) -> dict[uuid.UUID, int]:
+        return {
+            order_id: units for order_id, (product, units) in self.orders.items() if product == product_id
+        }
+
+
+def _admitted_orders(redis: Redis) -> Admitted:
+    job_ids = redis.zrange(ADMITTED_KEY, 0, -1)
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id.decode()), "data")
+        jobs_data = pipe.execute()
     orders = {}
-    for job in Job.fetch_many(list(dict.fromkeys(job_ids)), connection=redis, serializer=queue.serializer):
-        if job is not None:
-            order_id, product_id, quantity, *_ = job.args
+    for data in jobs_data:
+        if data is not None:
+            order_id, product_id, quantity, *_ = arguments_of(data)
             orders[uuid.UUID(order_id)] = (product_id, quantity)
-    if not orders:
-        return Counter()
+    return Admitted(orders, len(job_ids) - len(orders))
+
+
+def _held_units(session: Session, held: dict[uuid.UUID, int]) -> int:
+    """Units of these admitted orders (order id -> units) that are neither in the database's
+    stock count nor back in the gate."""
+    if held:
+        for row in session.connection().execute(DECIDED_AMONG, {"ids": list(held)}):
+            # A failed order's units go back to the gate after its row is written: held till then.
+            if not (row.status == OrderStatus.REJECTED and row.reason == RejectReason.FAILED):
+                del held[row.id]  # confirmed: in the stock count already; sold out: never had units
+    return sum(held.values())
+
+
+def _available_units(engine: Engine, product_id: int, admitted: Admitted) -> int:
+    """The product's database stock minus the units its admitted orders hold."""
     with Session(engine) as session:
-        decided = set(session.exec(select(Order.id).where(Order.id.in_(list(orders)))))
-    units = Counter()
-    for order_id, (product_id, quantity) in orders.items():
-        if order_id not in decided:
-            units[product_id] += quantity
-    return units
+        held = _held_units(session, admitted.of_product(product_id))  # before the stock: see above
+        stock = session.exec(select(Product.stock).where(Product.id == product_id)).first() or 0
+    return stock - held
 
 
 def _stocks(engine: Engine) -> dict[int, int]:
@@ -66,20 +106,22 @@ def _stocks(engine: Engine) -> dict[int, int]:
         return dict(session.exec(select(Product.id, Product.stock)).all())
 
 
-def _stock(engine: Engine, product_id: int) -> int:
-    with Session(engine) as session:
-        return session.exec(select(Product.stock).where(Product.id == product_id)).first() or 0
-
-
 def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair | None:
-    """Set one gate to stock minus undecided units; None when it was right (or moved meanwhile)."""
+    """Set one gate to stock minus held units; None when it was right (or moved meanwhile)."""
     with redis.pipeline() as pipe:
         try:
             pipe.watch(gate_key(product_id))
             before = pipe.get(gate_key(product_id))
-            undecided = undecided_units(redis, engine)[product_id]
-            target = max(0, _stock(engine, product_id) - undecided)
-            if before is not None and int(before) == target:
+            before = None if before is None else int(before)
+            admitted = _admitted_orders(redis)
+            target = max(0, _available_units(engine, product_id, admitted))
+            if before == target:
+                return None
+            if admitted.unreadable and before is not None and target > before:
+                log.error(
+                    "admitted orders without a job: the gate is not raised",
+                    extra={"product_id": product_id, "orders": admitted.unreadable},
+                )
                 return None
             pipe.multi()
             pipe.set(gate_key(product_id), target)
@@ -88,7 +130,7 @@ def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair |
         except WatchError:
             log.info("gate moved while reconciling; next pass", extra={"product_id": product_id})
             return None
-    return Repair(product_id, None if before is None else int(before), target)
+    return Repair(product_id, before, target)
 
 
 def reconcile(redis: Redis, engine: Engine) -> list[Repair]:
