@@ -9,15 +9,19 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from redis import Redis
+from rq import Worker
+from rq.suspension import resume, suspend
 
 from db.migrate import migrate
 from db.seed import seed
 from db.session import make_engine
-from e2e.local_autoscaler import Autoscaler, Scaling
+from e2e.local_autoscaler import Autoscaler, Scaling, read_backlog
 from e2e.proxy import Proxy
-from e2e.targets import Target, Timeouts
-from service.throwaway import postgres_server, redis_server
+from e2e.targets import HELD, HOLD_LIMIT_SECONDS, Target, Timeouts
+from service.backlog import Backlog
+from service.throwaway import postgres_server, redis_server, wait_until
 from tests.support.system import System, process_env
+from worker.queue import order_queue
 
 API_REPLICAS = 3
 
@@ -56,7 +60,7 @@ class LocalTarget(Target):
         self.proxy.start()
         stack.callback(self.proxy.stop)
         self.base_url = self.proxy.url
-        self.autoscaler = Autoscaler(self.processes, redis_url, self.scaling, self._lock)
+        self.autoscaler = Autoscaler(self.processes, self.scaling, self._lock)
         self.autoscaler.start()
         stack.callback(self.autoscaler.stop)
 
@@ -69,6 +73,28 @@ class LocalTarget(Target):
 
     def worker_bounds(self) -> tuple[int, int]:
         return self.scaling.min_replicas, self.scaling.max_replicas
+
+    def orders_per_worker(self) -> float:
+        return self.scaling.orders_per_replica
+
+    def backlog(self) -> Backlog:
+        backlog = read_backlog(self.processes.urls)
+        assert backlog is not None, "no API process answered /backlog"
+        return backlog
+
+    def hold_workers(self) -> None:
+        suspend(self._redis, HOLD_LIMIT_SECONDS)
+        # An idle worker sees the suspension within a maintenance interval (worker/runner.py).
+        wait_until(self._all_held, 30, "every worker held", interval=0.1)
+
+    def _all_held(self) -> bool:
+        with self._lock:
+            running = {process.pid for process in self.processes.workers if process.poll() is None}
+        states = {worker.pid: worker.get_state() for worker in Worker.all(queue=order_queue(self._redis))}
+        return all(states.get(pid) == HELD for pid in running)
+
+    def release_workers(self) -> None:
+        resume(self._redis)
 
     def seed(self, stock: int) -> None:
         seed(self._engine, self._redis, stock=stock)
@@ -87,8 +113,8 @@ class LocalTarget(Target):
 
     def diagnostics(self) -> str:
         scaling = "\n".join(self.autoscaler.events[-40:])
-        longest = f"longest queue {self.autoscaler.longest}"
-        return f"scaling {self.scaling}, {longest}\n{scaling}\n{self.processes.logs()}"
+        largest = f"largest backlog {self.autoscaler.largest}"
+        return f"scaling {self.scaling}, {largest}\n{scaling}\n{self.processes.logs()}"
 
     def close(self) -> None:
         self._stack.close()

@@ -2,7 +2,8 @@
 
 ``E2E_TARGET=local`` (the default) starts everything on this machine; ``E2E_TARGET=kind``
 drives the Helm release in a kind cluster. The tests talk HTTP to ``base_url`` only and use
-these operations for what a client cannot do (reset the stock, kill pods, count workers).
+these operations for what a client cannot do (reset the stock, kill pods, count workers, hold
+them, read the autoscaler's signal).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
+from service.backlog import Backlog
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,13 @@ class Timeouts:
     """Every 202 reaches a terminal state, even after a worker died holding jobs."""
     scale_up: float
     scale_down: float
+
+
+HOLD_LIMIT_SECONDS = 900
+"""A hold lapses by itself after this long (RQ's suspension TTL), so workers a crashed test
+run left held start working again."""
+HELD = "suspended"
+"""What a held RQ worker reports as its state."""
 
 
 class Target(ABC):
@@ -37,6 +47,25 @@ class Target(ABC):
     @abstractmethod
     def worker_bounds(self) -> tuple[int, int]:
         """(min, max) worker replicas the autoscaler keeps to."""
+
+    @abstractmethod
+    def orders_per_worker(self) -> float:
+        """The autoscaler's target of undecided orders per worker replica."""
+
+    @abstractmethod
+    def backlog(self) -> Backlog:
+        """``GET /backlog`` as the autoscaler reads it (inside the cluster, not through the
+        ingress): the orders admitted and not yet decided."""
+
+    @abstractmethod
+    def hold_workers(self) -> None:
+        """Make every worker, running or yet to start, take no job until ``release_workers``
+        (RQ's suspension; workers stay alive and scalable); return once none will take one.
+        Admitted orders then wait, so a test can make a backlog the workers cannot clear."""
+
+    @abstractmethod
+    def release_workers(self) -> None:
+        """Let the workers take jobs again."""
 
     @abstractmethod
     def seed(self, stock: int) -> None:

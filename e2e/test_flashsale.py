@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -10,6 +10,7 @@ import pytest
 
 from e2e.buyers import PacedSale, addresses, one_client_address
 from e2e.targets import Target
+from service.backlog import Backlog
 from service.throwaway import wait_until
 from tests.support.load import fire_concurrently
 from tests.support.orders import wait_all_terminal
@@ -58,53 +59,50 @@ def test_a_sale_of_one_hundred_units_to_two_thousand_buyers_confirms_exactly_one
 
 
 BURST_STOCK = 1_000_000
-WAVE = 1_500
-MAX_WAVES = 40
 
 
-def test_workers_rise_under_a_queue_burst_and_fall_after(target):
+def test_workers_rise_to_what_the_backlog_asks_and_fall_after(target):
+    """Orders admitted while every worker is held make a backlog the workers cannot clear;
+    the autoscaler's signal shows each of them, the workers rise to what it asks, and once
+    released they decide every order and fall back to the minimum."""
     low, high = target.worker_bounds()
     assert low < high, "nothing to scale between"
     wait_until(lambda: target.worker_replicas() == low, target.timeouts.scale_down, f"{low} workers at rest")
     target.seed(BURST_STOCK)
+    # As many orders as ask for every worker the autoscaler may run, and not one more.
+    orders = math.ceil(high * target.orders_per_worker())
 
-    admitted: list[str] = []
-    calm = threading.Event()
-
-    def burst() -> None:
-        # Waves of new buyers until the workers have risen: the queue stays long while they do.
-        for wave in range(MAX_WAVES):
-            if calm.is_set():
-                return
-            buyers = [(address, {}) for address in addresses(WAVE, network=30 + wave)]
-            # Four client processes: two workers must not drain a wave as fast as it is admitted.
-            # Lost answers are asked again with the buyer's key (see the hundred-unit sale).
-            replies = fire_concurrently([target.base_url], buyers, processes=4, retry_lost=True)
-            assert {r.status for r in replies} == {202}, sorted({r.status for r in replies})
-            admitted.extend(r.order_id for r in replies)
-
-    with ThreadPoolExecutor(1) as pool:
-        load = pool.submit(burst)
-        try:
-            wait_until(
-                lambda: target.worker_replicas() > low or load.done(),
-                target.timeouts.scale_up,
-                "workers to rise under the burst",
-                interval=0.2,
-            )
-            risen = target.worker_replicas()
-        finally:
-            calm.set()
-        load.result()
-    assert low < risen <= high, f"workers {risen} under the burst, bounds [{low}, {high}]"
+    target.hold_workers()
+    try:
+        buyers = [(address, {}) for address in addresses(orders, network=30)]
+        # Lost answers are asked again with the buyer's key (see the hundred-unit sale).
+        replies = fire_concurrently([target.base_url], buyers, processes=4, retry_lost=True)
+        assert {r.status for r in replies} == {202}, sorted({r.status for r in replies})
+        wait_until(
+            lambda: target.backlog().undecided_orders == orders,
+            target.timeouts.settle,
+            f"the signal showing {orders} undecided orders",
+            interval=0.2,
+        )
+        wait_until(
+            lambda: target.worker_replicas() == high,
+            target.timeouts.scale_up,
+            f"workers rising to {high} under {orders} undecided orders",
+            interval=0.2,
+        )
+    finally:
+        target.release_workers()
 
     # Plenty of stock: every admitted order is confirmed, and the product shows exactly that.
     wait_until(
-        lambda: product(target)["stock"] == BURST_STOCK - len(admitted),
+        lambda: product(target)["stock"] == BURST_STOCK - orders,
         target.timeouts.settle,
-        f"{len(admitted)} orders confirmed",
+        f"{orders} orders confirmed",
         interval=0.5,
     )
+    drained = Backlog(undecided_orders=0, oldest_age_seconds=0.0)
+    # A batch leaves fs:admitted just after it commits.
+    wait_until(lambda: target.backlog() == drained, target.timeouts.settle, "the signal back to nothing")
     wait_until(lambda: target.worker_replicas() == low, target.timeouts.scale_down, f"back to {low} workers")
 
 
