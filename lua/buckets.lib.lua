@@ -1,10 +1,11 @@
--- buckets.lib.lua: token-bucket functions shared by token_buckets.lua and admit.lua.
+-- buckets.lib.lua: token-bucket functions shared by token_buckets.lua, refund_buckets.lua and
+-- admit.lua.
 -- service/lua.py prepends this file to each script that uses it (Redis scripts cannot import).
 --
 -- Buckets are hashes: t (micro-tokens), ts (µs of the last refill), f (ms the key was set to
 -- live). Tokens are kept in micro-tokens and time in µs so fractional refill rates stay exact
--- in integer arithmetic. A bucket is written only when charged and expires when it would be
--- full again: missing means full. The last-refill time never moves backwards, so a caller
+-- in integer arithmetic. A bucket is written only when charged or refunded and expires when it
+-- would be full again: missing means full. The last-refill time never moves backwards, so a caller
 -- whose clock lags refills nothing twice. With the caller's clock, Redis's own expiry clock
 -- caps the refill: the key was given f ms to live, so f - PTTL ms have really passed since it
 -- was written, and a caller whose clock runs ahead cannot mint tokens.
@@ -56,14 +57,36 @@ local function bucket_check(keys, first_key, args, first_arg, count, now, app_cl
   return admitted, buckets
 end
 
--- Take every bucket's cost and set its time to live.
+-- Write a bucket, to live until it would be full again; a full one is deleted (missing means full).
+local function bucket_store(b)
+  if b.tokens >= b.capacity then
+    redis.call('DEL', b.key)
+    return
+  end
+  local full_in = math.max(ms_to_fill(b.capacity - b.tokens, b.rate), 1)
+  redis.call('HSET', b.key, 't', b.tokens, 'ts', b.stamp, 'f', full_in)
+  redis.call('PEXPIRE', b.key, full_in)
+end
+
+-- Take every bucket's cost.
 local function bucket_charge(buckets)
   for _, b in ipairs(buckets) do
     if b.cost > 0 then
       b.tokens = b.tokens - b.cost
-      local full_in = math.max(ms_to_fill(b.capacity - b.tokens, b.rate), 1)
-      redis.call('HSET', b.key, 't', b.tokens, 'ts', b.stamp, 'f', full_in)
-      redis.call('PEXPIRE', b.key, full_in)
+      bucket_store(b)
+    end
+  end
+end
+
+-- Give every bucket its cost back, never past its capacity. Whatever was charged or refilled
+-- since, the bucket ends as if the refunded request had never been charged:
+-- min(capacity, min(capacity, x - cost + refill) + cost) = min(capacity, x + refill).
+local function bucket_refund(buckets)
+  for _, b in ipairs(buckets) do
+    if b.cost > 0 then
+      b.tokens = math.min(b.capacity, b.tokens + b.cost)
+      b.retry = ms_to_fill(b.cost - b.tokens, b.rate)
+      bucket_store(b)
     end
   end
 end

@@ -14,6 +14,7 @@ from redis.commands.core import AsyncScript, Script
 LIBRARY = "buckets.lib.lua"
 SCRIPT_SOURCES = {
     "token_buckets": (LIBRARY, "token_buckets.lua"),
+    "refund_buckets": (LIBRARY, "refund_buckets.lua"),
     "admit": (LIBRARY, "admit.lua"),
 }
 SCRIPT_NAMES = tuple(SCRIPT_SOURCES)
@@ -23,6 +24,7 @@ class Scripts:
     """Named, registered scripts for one Redis client (sync or asyncio)."""
 
     token_buckets: Script | AsyncScript
+    refund_buckets: Script | AsyncScript
     admit: Script | AsyncScript
 
 

@@ -18,10 +18,7 @@ OTHER = "fs:rl:{test:ip:203.0.113.7}:burst"
 MICRO = 1_000_000
 
 
-@pytest.fixture
-def buckets(redis):
-    script = load_scripts(redis, LUA_DIR).token_buckets
-
+def _caller(script):
     def call(*limits, keys=(KEY, OTHER), now=""):
         """Each limit is (capacity, refill per second, cost); returns the raw reply."""
         args = [now]
@@ -30,6 +27,16 @@ def buckets(redis):
         return script(keys=list(keys[: len(limits)]), args=args)
 
     return call
+
+
+@pytest.fixture
+def buckets(redis):
+    return _caller(load_scripts(redis, LUA_DIR).token_buckets)
+
+
+@pytest.fixture
+def refund(redis):
+    return _caller(load_scripts(redis, LUA_DIR).refund_buckets)
 
 
 def per_limit(reply, i):
@@ -129,11 +136,12 @@ def _app_now(offset_seconds=0.0):
 
 
 def test_with_the_app_clock_the_last_refill_time_never_moves_backwards(buckets, redis):
-    buckets((3, 1000, 1), now=_app_now())
+    # One token a second: the bucket lives a second or more, so it is still there to read.
+    buckets((3, 1, 1), now=_app_now())
     stamp = int(redis.hget(KEY, "ts"))
     # A pod an hour behind: refills nothing, and cannot drag the refill time back.
     for _ in range(3):
-        buckets((3, 1000, 1), now=_app_now(-3600))
+        buckets((3, 1, 1), now=_app_now(-3600))
     assert int(redis.hget(KEY, "ts")) >= stamp
 
 
@@ -167,20 +175,46 @@ limit_strategy = st.tuples(
     st.integers(1_000, 100_000_000),  # refill, micro-tokens per second (0.001 to 100 per second)
     st.integers(0, 4),  # cost
 ).filter(lambda limit: limit[2] <= limit[0])
-step_strategy = st.tuples(st.integers(0, 3), st.lists(limit_strategy, min_size=1, max_size=3))
+step_strategy = st.tuples(
+    st.integers(0, 3),
+    st.lists(limit_strategy, min_size=1, max_size=3),
+    st.booleans(),  # refund the call when it was admitted (the main Redis said no)
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step_strategy, min_size=1, max_size=40))
-def test_the_script_agrees_with_the_model_on_every_decision_and_header(redis, steps):
+def test_the_scripts_agree_with_the_model_on_every_decision_and_header(redis, steps):
     redis.flushall()
-    script = load_scripts(redis, LUA_DIR).token_buckets
+    scripts = load_scripts(redis, LUA_DIR)
     model = BucketModel()
     policies: dict[int, list] = {}
-    for identity, limits in steps:
+    for identity, limits, refunded in steps:
         # A key keeps its first limits, as a deployed policy does.
         limits = policies.setdefault(identity, limits)
         keys = [f"fs:rl:{{model:{identity}}}:l{i}" for i in range(len(limits))]
         args = [""] + [value for limit in limits for value in limit]
-        reply = script(keys=keys, args=args)
+        reply = scripts.token_buckets(keys=keys, args=args)
         assert reply == model.call(reply[1], keys, limits), (identity, limits)
+        if refunded and reply[0]:
+            reply = scripts.refund_buckets(keys=keys, args=args)
+            assert reply == model.refund(reply[1], keys, limits), (identity, limits)
+
+
+def test_a_refund_leaves_the_buckets_as_if_the_request_never_came(buckets, refund, redis):
+    buckets((5, 0.01, 1), (3, 0.01, 2))
+    reply = refund((5, 0.01, 1), (3, 0.01, 2))
+    assert reply[0] == 1 and per_limit(reply, 0) == (1, 5, 0, 0) and per_limit(reply, 1) == (1, 3, 0, 0)
+    assert not redis.exists(KEY, OTHER), "a full bucket is a missing one"
+
+
+def test_a_refund_gives_back_only_its_own_cost(buckets, refund, redis):
+    for _ in range(3):
+        buckets((5, 0.01, 1))
+    allowed, remaining, _, full_ms = per_limit(refund((5, 0.01, 1)), 0)
+    assert (allowed, remaining) == (1, 3), "the two other requests stay charged"
+    assert 199_000 < full_ms <= 200_000 and 199_000 < redis.pttl(KEY) <= 200_000
+    # Each refund gives its own cost back, and none fills a bucket past its capacity.
+    assert per_limit(refund((5, 0.01, 1)), 0)[1] == 4
+    assert per_limit(refund((5, 0.01, 1)), 0)[1] == 5
+    assert per_limit(refund((5, 0.01, 1)), 0)[1] == 5

@@ -1,4 +1,5 @@
-"""A pure-Python model of lua/token_buckets.lua with Redis's clock (the default mode).
+"""A pure-Python model of lua/token_buckets.lua and lua/refund_buckets.lua with Redis's clock
+(the default mode).
 
 Same integer arithmetic, replayed at the time the script reports, so every decision and
 every header value can be compared. A bucket that Redis let expire is full, and so is one
@@ -24,10 +25,7 @@ class BucketModel:
         admitted = 1
         for key, (capacity, rate, cost) in zip(keys, limits, strict=True):
             capacity, cost = capacity * MICRO, cost * MICRO
-            tokens, stamp = self.buckets.get(key, (capacity, now))
-            if now > stamp:
-                tokens = min(capacity, tokens + (now - stamp) * rate // MICRO)
-                stamp = now
+            tokens, stamp = self._refilled(key, capacity, rate, now)
             if tokens < cost:
                 admitted = 0
             state.append([capacity, rate, cost, tokens, stamp])
@@ -39,6 +37,25 @@ class BucketModel:
                 self.buckets[key] = (tokens, stamp)
             reply += [int(retry == 0), tokens // MICRO, retry, _ms_to_fill(capacity - tokens, rate)]
         return reply
+
+    def refund(self, now: int, keys: list[str], limits: list[tuple[int, int, int]]) -> list[int]:
+        """refund_buckets.lua: each cost back, never past capacity; returns the script's reply."""
+        reply = [1, now]
+        for key, (capacity, rate, cost) in zip(keys, limits, strict=True):
+            capacity, cost = capacity * MICRO, cost * MICRO
+            tokens, stamp = self._refilled(key, capacity, rate, now)
+            if cost > 0:
+                tokens = min(capacity, tokens + cost)
+                self.buckets[key] = (tokens, stamp)
+            retry = _ms_to_fill(cost - tokens, rate)
+            reply += [int(retry == 0), tokens // MICRO, retry, _ms_to_fill(capacity - tokens, rate)]
+        return reply
+
+    def _refilled(self, key: str, capacity: int, rate: int, now: int) -> tuple[int, int]:
+        tokens, stamp = self.buckets.get(key, (capacity, now))
+        if now > stamp:
+            return min(capacity, tokens + (now - stamp) * rate // MICRO), now
+        return tokens, stamp
 
 
 def _ms_to_fill(missing: int, rate: int) -> int:
