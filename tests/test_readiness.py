@@ -6,20 +6,24 @@ Real API processes on a PostgreSQL and a Redis of the test's own, stopped under 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from litestar.testing import TestClient
+from sqlalchemy.engine import make_url
 
 from db.migrate import migrate
 from db.seed import seed
 from db.session import make_engine
 from service.app import create_app
+from service.settings import settings_from_env
 from service.throwaway import restartable_postgres, restartable_redis, wait_until
 from tests.support.problems import assert_problem
 from tests.support.system import System, process_env
+from tests.support.tcp_proxy import tcp_proxy
 
 
 def _log_lines(log_dir: Path, message: str) -> list[dict]:
@@ -91,6 +95,35 @@ def test_a_pod_is_not_ready_while_its_main_redis_is_away_and_logs_why_once_a_sec
             wait_until(lambda: client.get("/readyz").status_code == 200, 30, "ready again with Redis")
     finally:
         system.stop()
+
+
+def test_a_pod_answers_ready_within_the_probes_timeout_while_postgresql_and_the_limiter_hang(
+    settings_env, redis_url, database_url, fresh_db
+):
+    """Held networks (nothing arrives, nothing is refused): each check gives up after its 2 s,
+    side by side, inside the chart's 3 s probe timeout."""
+    with tcp_proxy(make_url(database_url).port) as database, tcp_proxy(make_url(redis_url).port) as limiter:
+        settings = settings_from_env(
+            {
+                **settings_env,
+                "FLASHSALE_DATABASE_URL": make_url(database_url)
+                .set(port=database.port)
+                .render_as_string(False),
+                "FLASHSALE_LIMITER_REDIS_URL": f"redis://127.0.0.1:{limiter.port}/0",
+            }
+        )
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/readyz").json()["database"]["reachable"] is True
+            database.hold()
+            limiter.hold()
+            started = time.monotonic()
+            ready = client.get("/readyz")
+            took = time.monotonic() - started
+            database.resume()
+            limiter.resume()
+    assert ready.status_code == 200 and took < 3, (ready.status_code, took)
+    assert ready.json()["database"] == {"reachable": False, "error": "no answer within 2s"}
+    assert ready.json()["limiter"]["redis"] is False
 
 
 def test_a_bug_in_a_readiness_check_is_a_500_not_a_quiet_not_ready(settings, fresh_db, monkeypatch):
