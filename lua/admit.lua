@@ -31,25 +31,27 @@
 --             this customer may still buy)
 --
 -- Checks run before anything is written, so a "no" charges nothing: no tokens, no units.
--- A replay is answered before the limits, so a client retrying a request it already got a
--- 202 for is not charged twice.
+-- A replay is answered before the limits are enforced, so a client retrying a request it
+-- already got a 202 for is not charged twice; its reply still reports the buckets (read, not
+-- charged), as every reply does: its RateLimit fields are the same whichever Redis holds them.
 
 local now, app_clock = bucket_clock(ARGV[1])
 local quantity = tonumber(ARGV[2])
 local fingerprint = ARGV[5]
 local limits = tonumber(ARGV[8])
 
+local admitted, buckets = bucket_check(KEYS, 9, ARGV, 9, limits, now, app_clock)
+
 if fingerprint ~= '' then
   local earlier = redis.call('HMGET', KEYS[2], 'fp', 'order')
   if earlier[1] then
     if earlier[1] == fingerprint then
-      return {4, now, earlier[2]}
+      return bucket_reply({4, now, earlier[2]}, buckets)
     end
-    return {5, now, earlier[2]}
+    return bucket_reply({5, now, earlier[2]}, buckets)
   end
 end
 
-local admitted, buckets = bucket_check(KEYS, 9, ARGV, 9, limits, now, app_clock)
 if admitted == 0 then
   return bucket_reply({0, now, 0}, buckets)
 end

@@ -137,7 +137,7 @@ async def _run_admit_script(
     reply = await resources.admit_script(keys=keys, args=args, tail=resources.job_fields.constant)
     decision = Decision(int(reply[0]))
     verdict = None
-    if plan is not None and decision not in (Decision.REPLAY, Decision.KEY_REUSED):
+    if plan is not None:  # every reply reports the buckets, a replay's too
         verdict = resources.limiter.conclude(plan, decision is not Decision.LIMITED, reply[3:])
     if decision in (Decision.REPLAY, Decision.KEY_REUSED):
         return Admission(decision, order_id=str(reply[2]), verdict=verdict)

@@ -1,6 +1,8 @@
 """Buckets this process knows are empty, and until when: a 429 that needs no Redis call.
 
-Exact for a token bucket: only time refills it, so nothing can make it admit sooner.
+Exact for a token bucket: only time refills it, so nothing can make it admit sooner; except a
+refund (a request charged on a separate limiter Redis, then refused by the main one), which
+forgets the refunded keys in the process that made it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class DenyCache:
             self._evict()
         self._until.pop(key, None)  # re-insert at the end: the dict stays in expiry-ish order
         self._until[key] = self._clock() + seconds
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop these keys: their buckets got tokens back (a refund), not only time."""
+        for key in keys:
+            self._until.pop(key, None)
 
     def remaining(self, keys: Iterable[str]) -> tuple[str, float] | None:
         """The first of ``keys`` still denied and for how many seconds, or None."""

@@ -2,7 +2,9 @@
 
 Around that call: a local deny cache (429 without Redis while a bucket is known empty), a
 timeout and a circuit breaker (a dead Redis never makes requests hang), and the route's
-failure mode (closed: 503; open: admit and count it).
+failure mode (closed: 503; open: admit and count it). When the buckets live on a Redis of their
+own, a request the main Redis refuses after the limits admitted it gets its tokens back
+(``refund``), so a "no" charges nothing there too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from redis.exceptions import RedisError
 from service.breaker import BreakerState, CircuitBreaker
 from service.deny_cache import DenyCache
 from service.identity import ClientIdentity, identity_of
+from service.lua import Scripts
 from service.metrics import LIMITER_DECISIONS, LIMITER_DEGRADED
 from service.policies import LimitSpec, RoutePolicy
 from service.settings import Settings
@@ -96,8 +99,9 @@ class Plan:
 
 
 class Limiter:
-    def __init__(self, script, settings: Settings) -> None:
-        self._script = script
+    def __init__(self, scripts: Scripts, settings: Settings) -> None:
+        self._script = scripts.token_buckets
+        self._refund_script = scripts.refund_buckets
         self.policies = settings.policies
         self._app_clock = settings.rate_clock == "app"
         self._timeout = settings.limiter_timeout_ms / 1000
@@ -135,10 +139,7 @@ class Limiter:
 
     def conclude(self, plan: Plan, admitted: bool, values: list[int]) -> Verdict:
         """The verdict from a script's per-bucket reply values; remembers empty buckets."""
-        states = tuple(
-            LimitState(limit, bool(values[4 * i]), *(int(v) for v in values[4 * i + 1 : 4 * i + 4]))
-            for i, limit in enumerate(plan.policy.limits)
-        )
+        states = _states(plan, values)
         verdict = Verdict(Outcome.ADMITTED if admitted else Outcome.LIMITED, plan.policy, states)
         if not admitted and self.deny_cache is not None:
             for key, state in zip(plan.keys, states, strict=True):
@@ -147,17 +148,43 @@ class Limiter:
         return self._count(plan.route, verdict)
 
     async def check(self, route: str, client: ClientIdentity) -> Verdict:
-        """Decide on the limiter's Redis alone (token_buckets.lua), behind timeout and breaker."""
+        """The route's verdict for this client: from memory when it can, else ``decide``."""
         plan = self.plan(route, client)
         if plan is None:
             return self._count(route, Verdict(Outcome.UNLIMITED))
-        if cached := self.cached_denial(plan):
-            return cached
+        return self.cached_denial(plan) or await self.decide(plan)
+
+    async def decide(self, plan: Plan) -> Verdict:
+        """Check and charge on the limiter's Redis alone (token_buckets.lua)."""
+        reply = await self._run(self._script, plan)
+        if reply is None:
+            return self._count(plan.route, self._failed(plan.policy))
+        return self.conclude(plan, bool(reply[0]), reply[2:])
+
+    async def refund(self, plan: Plan, verdict: Verdict) -> Verdict:
+        """Give back what ``verdict`` charged, for a request refused after the limits admitted it;
+        the verdict then describes the buckets as if the request had never come. When the
+        limiter's Redis cannot take the tokens back they stay taken (the error is on the side of
+        the limit) and ``verdict`` stands."""
+        if verdict.outcome is not Outcome.ADMITTED:  # failed open: nothing was charged
+            return verdict
+        reply = await self._run(self._refund_script, plan)
+        if reply is None:
+            return verdict
+        if self.deny_cache is not None:
+            # A request that was denied while these tokens were out would be denied from memory
+            # until the refill it was told of: forget it, the tokens are back.
+            self.deny_cache.forget(plan.keys)
+        return Verdict(Outcome.ADMITTED, plan.policy, _states(plan, reply[2:]))
+
+    async def _run(self, script, plan: Plan) -> list | None:
+        """One script call on the plan's buckets behind the breaker and the timeout; None when
+        Redis could not answer."""
         if not self.breaker.allow():
-            return self._count(route, self._failed(plan.policy))
+            return None
         try:
             async with asyncio.timeout(self._timeout):
-                reply = await self._script(keys=plan.keys, args=self.arguments(plan))
+                reply = await script(keys=plan.keys, args=self.arguments(plan))
         except (
             RedisError,
             OSError,
@@ -165,9 +192,9 @@ class Limiter:
             RuntimeError,
         ) as exc:  # RuntimeError: RedisCluster's nodes cannot take our RedisConnection
             self._record(success=False, error=exc)
-            return self._count(route, self._failed(plan.policy))
+            return None
         self._record(success=True)
-        return self.conclude(plan, bool(reply[0]), reply[2:])
+        return reply
 
     @staticmethod
     def _failed(policy: RoutePolicy) -> Verdict:
@@ -203,6 +230,14 @@ class Limiter:
             limiter_remaining=min((state.remaining for state in verdict.states), default=None),
         )
         return verdict
+
+
+def _states(plan: Plan, values: list[int]) -> tuple[LimitState, ...]:
+    """Each limit's state from a script's per-bucket reply values (four per bucket)."""
+    return tuple(
+        LimitState(limit, bool(values[4 * i]), *(int(v) for v in values[4 * i + 1 : 4 * i + 4]))
+        for i, limit in enumerate(plan.policy.limits)
+    )
 
 
 @cache

@@ -65,6 +65,14 @@ def test_the_deny_cache_is_bounded():
     assert cache.remaining(["d"]) is not None
 
 
+def test_a_refund_makes_the_deny_cache_forget_its_buckets():
+    cache = DenyCache(clock=Clock())
+    cache.deny("a", 10)
+    cache.deny("b", 10)
+    cache.forget(["a", "c"])
+    assert cache.remaining(["a"]) is None and cache.remaining(["b"]) == ("b", 10)
+
+
 def _client(ip="203.0.113.7", customer=None, headers=None):
     return ClientIdentity(ip, customer, headers or {}, "x-api-key")
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from anyio import to_thread
 from litestar import Request, Response, post
 from litestar.params import JSONBody
+from litestar.plugins.problem_details import ProblemDetailsException
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 
 from db.orders import find_product
 from service.admission import Admission, Decision, admit
 from service.errors import problem, problem_responses
 from service.identity import ClientIdentity, client_identity
-from service.ratelimit import Verdict, ratelimit_headers
+from service.ratelimit import Plan, Verdict, ratelimit_headers
 from service.request_body import json_bodies_only
 from service.resources import Resources
-from service.routes.rate_limited import enforce_rate_limit, limited_problem
+from service.routes.rate_limited import limited_problem, refuse_unless_admitted
 from service.schemas import BuyAccepted, BuyRequest
 from service.stock_gate import set_gate
 
@@ -54,6 +57,29 @@ async def _admit_once_rebuilding_the_gate(
     if admission.decision is Decision.GATE_MISSING:  # gone again at once: Redis is in trouble
         raise RedisError("stock gate missing after rebuild")
     return admission
+
+
+async def _admit_charged_on_the_limiter(
+    resources: Resources, client: ClientIdentity, wanted: BuyRequest, key: str | None, plan: Plan
+) -> Admission:
+    """With the buckets on a Redis of their own: charge them there, admit on the main Redis, and
+    refund them when the admission says no, so a "no" charges nothing in this mode too. The
+    yes, the common case under load, pays one call to each Redis as before; only a refusal
+    after the limits admitted pays a second limiter call. Its verdict reads the buckets as
+    admit.lua's own would: as if a refused request had never come."""
+    limiter = resources.limiter
+    verdict = await limiter.decide(plan)
+    refuse_unless_admitted(verdict, resources)
+    try:
+        admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, None)
+    except (ProblemDetailsException, OperationalError):  # an unknown product; no database to tell
+        await limiter.refund(plan, verdict)
+        raise
+    # A main Redis that fails mid-call leaves the tokens taken: admit.lua may have admitted before
+    # its reply was lost, and the error stays on the side of the limit.
+    if admission.decision is not Decision.ADMITTED:
+        verdict = await limiter.refund(plan, verdict)
+    return replace(admission, verdict=verdict)
 
 
 def _iso(epoch_ms: int) -> str:
@@ -105,24 +131,26 @@ async def decide_buy(
 ) -> tuple[BuyAccepted, dict[str, str]]:
     """Everything ``POST /buy`` decides, for the Litestar route and ``service.fast_buy`` alike:
     the accepted order and the headers of its 202, or a raised problem (400, 409, 422, 429, 503),
-    or ``LimitedFromMemory``. Only the body's parsing differs between the two."""
+    or ``LimitedFromMemory``. Only the body's parsing differs between the two.
+
+    The answers from memory come first, whichever Redis holds the buckets: a client known to be
+    over its limit, then a product latched sold out, cost no Redis call and no token. A request
+    with an Idempotency-Key may be a retry of one already admitted: only admit.lua, which answers
+    replays first, may answer it (never a memory short-cut)."""
     key = idempotency_key_of(request)
     limiter = resources.limiter
-    if limiter.shares_main_redis:
-        # The limits are checked and charged inside the admission call itself.
-        client = client_identity(request, resources.settings)
-        plan = limiter.plan("buy", client)
-        # A request with an Idempotency-Key may be a retry of one already admitted: only
-        # admit.lua, which answers replays first, may answer it (never a memory short-cut).
-        if plan and key is None and (cached := limiter.cached_denial(plan)):
+    client = client_identity(request, resources.settings)
+    plan = limiter.plan("buy", client)
+    if key is None:
+        if plan and (cached := limiter.cached_denial(plan)):
             raise LimitedFromMemory(cached)
+        if resources.sold_out.is_sold_out(wanted.product_id):
+            raise sold_out_problem(wanted.product_id, {})
+    if limiter.shares_main_redis or plan is None:
+        # The limits (if any) are checked, and charged only on a yes, inside the admission call.
+        admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, plan)
     else:
-        client, _ = await enforce_rate_limit("buy", request, resources)
-        plan = None
-
-    if key is None and resources.sold_out.is_sold_out(wanted.product_id):
-        raise sold_out_problem(wanted.product_id, {})
-    admission = await _admit_once_rebuilding_the_gate(resources, client, wanted, key, plan)
+        admission = await _admit_charged_on_the_limiter(resources, client, wanted, key, plan)
     verdict = admission.verdict
     headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers) if verdict else {}
     if admission.decision is Decision.LIMITED:

@@ -29,15 +29,21 @@ async def enforce_rate_limit(
     """Who is asking and the RateLimit headers to send; raises the 429 or 503 problem."""
     client = client_identity(request, resources.settings)
     verdict = await resources.limiter.check(route, client)
+    refuse_unless_admitted(verdict, resources)
+    return client, ratelimit_headers(verdict, resources.settings.rate_legacy_headers)
+
+
+def refuse_unless_admitted(verdict: Verdict, resources: Resources) -> None:
+    """Raise the 429 or 503 problem of a verdict that does not let the request on."""
+    if verdict.outcome not in (Outcome.LIMITED, Outcome.FAILED_CLOSED):
+        return
     headers = ratelimit_headers(verdict, resources.settings.rate_legacy_headers)
     if verdict.outcome is Outcome.LIMITED:
         raise limited_problem(verdict, headers)
-    if verdict.outcome is Outcome.FAILED_CLOSED:
-        retry_after = math.ceil(resources.limiter.breaker.cooldown_seconds)
-        raise problem(
-            503,
-            "limiter-unavailable",
-            "The rate limiter cannot decide right now, so nothing was admitted; try again shortly.",
-            headers={**headers, "Retry-After": str(retry_after)},
-        )
-    return client, headers
+    retry_after = math.ceil(resources.limiter.breaker.cooldown_seconds)
+    raise problem(
+        503,
+        "limiter-unavailable",
+        "The rate limiter cannot decide right now, so nothing was admitted; try again shortly.",
+        headers={**headers, "Retry-After": str(retry_after)},
+    )
