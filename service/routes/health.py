@@ -51,7 +51,7 @@ async def _ping_problem(client, unavailable: tuple[type[BaseException], ...]) ->
 
 
 async def _database_problem(resources: Resources) -> str | None:
-    """``database_problem`` off the event loop, given up after the probe's own timeout (the
+    """``database_problem`` off the event loop, given up after the check timeout (the
     thread is left to finish): a hung PostgreSQL must not hold the answer about this pod."""
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
