@@ -78,8 +78,10 @@ soak: bench-packages $(INSTALLED) ## ten minutes at 70 % of the admit path, a fa
 bench-quick: bench-packages $(INSTALLED) ## the request paths, 3 s each: fails if a ratio to the floor fell 30 % below bench/baseline.json
 	$(BIN)/python -m bench.paths --quick --check bench/baseline.json
 
-e2e: $(INSTALLED) ## the e2e suite against a kind cluster with the chart installed (see k8s/)
-	E2E_TARGET=kind $(BIN)/pytest e2e
+# What .github/workflows/e2e.yml does, from a machine with Docker: k8s/e2e.sh fetches kind,
+# kubectl, helm and ct at k8s/versions.env's versions and runs every step the workflow runs.
+e2e: $(INSTALLED) ## kind cluster, image, Traefik, KEDA, the chart, helm test, the suite, an upgrade, ct install; then deletes the cluster (KEEP_CLUSTER=1 keeps it)
+	E2E_PYTEST=$(abspath $(BIN))/pytest k8s/e2e.sh all
 
 clean: ## remove the virtualenvs and caches
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache .hypothesis
