@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 from litestar.testing import TestClient
@@ -11,6 +12,7 @@ from service.logs import Throttled
 from service.stock_gate import gate_key
 from service.throwaway import wait_until
 from tests.support.problems import assert_problem
+from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 
 @pytest.fixture
@@ -206,20 +208,33 @@ def test_a_malformed_idempotency_key_is_a_400(client, key):
     assert assert_problem(response, 400)["type"] == "urn:flashsale:problem:invalid-idempotency-key"
 
 
-def test_a_connection_closed_under_uvloop_counts_as_a_redis_failure(monkeypatch):
+def test_a_connection_reset_under_uvloop_counts_as_a_redis_failure(redis_url):
+    """uvloop closes a transport the peer reset, and a write to it then raises RuntimeError;
+    our connection class turns that into the ConnectionError every caller treats as a lost
+    connection (a 503, not a 500)."""
     import asyncio
 
-    from redis import asyncio as aioredis
+    import uvloop
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from service.resources import RedisConnection
 
-    async def closed_under_us(self, command, check_health=True):
-        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+    async def write_after_a_reset(proxy: TcpProxy) -> None:
+        connection = RedisConnection(host="127.0.0.1", port=proxy.port)
+        await connection.connect()
+        proxy.drop()
+        # redis-py has no public view of its transport: wait until uvloop has seen the reset.
+        async with asyncio.timeout(10):
+            while not connection._writer.transport.is_closing():
+                await asyncio.sleep(0.01)
+        try:
+            with pytest.raises(RedisConnectionError, match="connection closed while writing"):
+                await connection.send_command("PING")
+        finally:
+            await connection.disconnect()
 
-    monkeypatch.setattr(aioredis.Connection, "send_packed_command", closed_under_us)
-    with pytest.raises(RedisConnectionError):
-        asyncio.run(RedisConnection().send_packed_command(b"PING"))
+    with tcp_proxy(urlsplit(redis_url).port) as proxy:
+        uvloop.run(write_after_a_reset(proxy))
 
 
 def test_an_outage_logs_one_line_a_second_not_one_per_503(monkeypatch, caplog):

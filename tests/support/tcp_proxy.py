@@ -8,6 +8,8 @@ It runs an asyncio loop in a background thread; the test's thread steers it.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from service.throwaway import free_port
 
 CHUNK = 65536
+NO_LINGER = struct.pack("ii", 1, 0)
 
 
 class TcpProxy:
@@ -71,6 +74,9 @@ class TcpProxy:
     async def _drop(self) -> None:
         self._refusing = True
         for transport in list(self._transports):
+            # Linger 0: the close sends a reset, as a firewall's reject does; a plain close
+            # would send an orderly end of stream, which a client takes for a server that left.
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, NO_LINGER)
             transport.abort()
         self._transports.clear()
 
