@@ -9,7 +9,7 @@ from sqlalchemy import text
 from db.models import OrderStatus, RejectReason
 from db.orders import AdmittedOrder, apply_order, apply_orders, backoff_seconds, record_failure
 from service.throwaway import wait_until
-from tests.support.database import order_rows, product_state
+from tests.support.database import blocked_on_a_row_lock, order_rows, product_state
 
 
 def _order(quantity=1, product_id=1):
@@ -43,18 +43,6 @@ def test_an_unknown_product_is_rejected(fresh_db):
     assert (outcome.status, outcome.reason) == (OrderStatus.REJECTED, RejectReason.UNKNOWN_PRODUCT)
 
 
-def _blocked_on_a_row_lock(engine) -> bool:
-    with engine.connect() as connection:
-        return bool(
-            connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-            ).scalar()
-        )
-
-
 def _race(fresh_db, rival_sql: list[str], orders: list[AdmittedOrder]) -> tuple[dict, list[float]]:
     """apply_orders(orders) while a rival transaction, begun first, runs ``rival_sql``; the rival
     commits once the batch waits on one of its locks. Returns the outcomes and the backoffs slept."""
@@ -66,7 +54,7 @@ def _race(fresh_db, rival_sql: list[str], orders: list[AdmittedOrder]) -> tuple[
     buyer = threading.Thread(target=lambda: outcomes.append(apply_orders(fresh_db, orders, slept.append)))
     buyer.start()
     try:
-        wait_until(lambda: _blocked_on_a_row_lock(fresh_db), 10, "the batch waiting on the rival")
+        wait_until(lambda: blocked_on_a_row_lock(fresh_db), 10, "the batch waiting on the rival")
     finally:
         rival_tx.commit()
         rival.close()

@@ -25,3 +25,16 @@ def order_rows(engine: Engine) -> dict[str, tuple[str, str | None, int]]:
 
 def status_counts(engine: Engine) -> Counter:
     return Counter((status, reason) for status, reason, _ in order_rows(engine).values())
+
+
+def blocked_on_a_row_lock(engine: Engine) -> bool:
+    """Whether a session of this database waits on a lock (a writer behind a rival's row lock)."""
+    with engine.connect() as connection:
+        return bool(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar()
+        )
