@@ -21,8 +21,9 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
-        # Our code resolves the client from X-Forwarded-For (FLASHSALE_TRUSTED_PROXIES);
-        # uvicorn's own handling would trust any loopback peer.
+        # Our code resolves the client from the header the trusted proxies write
+        # (FLASHSALE_TRUSTED_PROXIES, FLASHSALE_CLIENT_IP_HEADER); uvicorn's own handling would
+        # trust any loopback peer's X-Forwarded-For.
         proxy_headers=False,
         http=GuardedHttpToolsProtocol,  # slow, oversized and unparsable requests: see there
         access_log=False,

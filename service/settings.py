@@ -46,7 +46,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_legacy_headers: bool = False
     """Also send X-RateLimit-Limit/-Remaining/-Reset for old clients."""
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    """Peers whose ``X-Forwarded-For`` is believed."""
+    """Peers whose client header (``client_ip_header``) is believed."""
+    client_ip_header: str = "x-forwarded-for"
+    """The header the trusted proxies write the client into: ``x-forwarded-for`` or ``forwarded``
+    (RFC 7239). Only that one is read: a proxy passes on whatever a client put in the other."""
+    rate_ipv6_prefix: int = 64
+    """IPv6 clients are counted by their network of this many bits (a home line gets a /64 or a
+    /56); 128 counts single addresses. IPv4 addresses, IPv4-mapped ones too, are counted alone."""
     customer_id_header: str | None = None
     """Header naming the customer, set by the auth gateway; believed only from trusted proxies."""
     api_key_header: str = "x-api-key"
@@ -132,6 +138,21 @@ def _port(raw: str) -> int:
     return value
 
 
+def _ipv6_prefix(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 128):
+        raise ValueError(
+            "must be an IPv6 prefix length, a whole number from 1 to 128 (128: single addresses)"
+        )
+    return int(raw)
+
+
+def _client_ip_header(raw: str) -> str:
+    header = raw.lower()
+    if header not in {"x-forwarded-for", "forwarded"}:
+        raise ValueError("must be x-forwarded-for or forwarded")
+    return header
+
+
 def _networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in _csv(raw))
 
@@ -210,6 +231,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_clock": _rate_clock,
     "rate_legacy_headers": _boolean,
     "trusted_proxies": _networks,
+    "client_ip_header": _client_ip_header,
+    "rate_ipv6_prefix": _ipv6_prefix,
     "customer_id_header": _header_name,
     "api_key_header": _header_name,
     "limiter_redis_cluster": _boolean,

@@ -119,3 +119,34 @@ def test_a_customer_id_counts_only_when_a_trusted_proxy_says_it(system, plenty_o
     # From an untrusted peer the header means nothing: every "customer" counts as the peer's IP.
     statuses = [_post(untrusting, **{"x-customer-id": f"mallory-{i}"}) for i in range(4)]
     assert statuses == [202, 202, 429, 429]
+
+
+def _statuses(url, header, values):
+    return [_post(url, **{header: value}) for value in values]
+
+
+def test_ipv6_clients_count_by_network_and_ipv4_ones_alone_through_a_real_proxy_chain(
+    system, plenty_of_stock
+):
+    system.env.update(FLASHSALE_RATE_REFILL_PER_SEC="0.01")  # nothing refills during the test
+    system.start_apis(1)
+    url = system.url
+    one_network = [f"2001:db8:1:2::{i:x}" for i in range(1, 13)]
+    assert _statuses(url, "x-forwarded-for", one_network) == [202] * 5 + [429] * 7
+    # The next /64 is another line, another bucket; in brackets with a port it is the same address.
+    assert _statuses(url, "x-forwarded-for", ["[2001:db8:1:3::1]:443"] * 6) == [202] * 5 + [429]
+    # Seven IPv4 clients behind a load balancer that writes ports: seven buckets, not the proxy's.
+    assert _statuses(url, "x-forwarded-for", [f"10.1.1.{i}:5555" for i in range(7)]) == [202] * 7
+    # IPv4-mapped clients are IPv4 clients: never one /64 of ::ffff:0:0 (CVE-2026-30827).
+    assert _statuses(url, "x-forwarded-for", [f"::ffff:198.51.100.{i}" for i in range(7)]) == [202] * 7
+
+
+def test_rfc_7239_forwarded_from_a_proxy_that_writes_it(system, plenty_of_stock):
+    system.env.update(FLASHSALE_RATE_REFILL_PER_SEC="0.01", FLASHSALE_CLIENT_IP_HEADER="forwarded")
+    system.start_apis(1)
+    url = system.url
+    one_network = [f'for="[2001:db8:1:2::{i:x}]:443";proto=https' for i in range(1, 13)]
+    assert _statuses(url, "forwarded", one_network) == [202] * 5 + [429] * 7
+    assert _statuses(url, "forwarded", [f'for="10.2.2.{i}:5555"' for i in range(7)]) == [202] * 7
+    # X-Forwarded-For is not what this proxy writes: a client's own says nothing, all six are the proxy.
+    assert _statuses(url, "x-forwarded-for", [f"203.0.113.{i}" for i in range(6)]) == [202] * 5 + [429]
