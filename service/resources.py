@@ -64,7 +64,9 @@ class Resources:
         self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir), settings)
         self.queue = queue
         """The RQ queue; admit.lua writes its jobs."""
-        self.job_fields = OrderJobFields(queue, settings.job_timeout_seconds)
+        self.job_fields = OrderJobFields(
+            queue, settings.job_timeout_seconds, settings.job_retry_backoff_seconds
+        )
         self.sold_out = SoldOutLatch()
         self.engine = engine
         self.ready = True

@@ -20,6 +20,7 @@ from service.policies import Policies, PolicyError, default_policies, load_polic
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/flashsale"
+DEFAULT_JOB_RETRY_BACKOFF_SECONDS = (0, 1, 2, 5, 10, 30, 60)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,6 +82,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     by default a sale's hot path formats no line per request)."""
     job_timeout_seconds: int = 10
     """Longest one order job may run; a worker silent for longer is presumed dead."""
+    job_retry_backoff_seconds: tuple[int, ...] = DEFAULT_JOB_RETRY_BACKOFF_SECONDS
+    """Waits before each retry of a failed order job (each drawn from 50-150 % of itself), one
+    retry per wait; then the order is rejected as failed, or, when PostgreSQL cannot take that,
+    waits undecided as a dead letter (worker/dead_letters.py)."""
     worker_maintenance_interval: int = 5
     """Seconds between a worker's sweeps for jobs abandoned by dead workers."""
     reconcile_interval_seconds: int = 30
@@ -151,6 +156,13 @@ def _client_ip_header(raw: str) -> str:
     if header not in {"x-forwarded-for", "forwarded"}:
         raise ValueError("must be x-forwarded-for or forwarded")
     return header
+
+
+def _retry_waits(raw: str) -> tuple[int, ...]:
+    waits = [part.strip() for part in raw.split(",")]
+    if not all(wait.isascii() and wait.isdigit() for wait in waits):  # "" too: no empty wait
+        raise ValueError("must be comma-separated whole numbers of seconds (0 or more), at least one")
+    return tuple(int(wait) for wait in waits)
 
 
 def _networks(raw: str) -> tuple[IPNetwork, ...]:
@@ -248,6 +260,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": _log_level,
     "request_log_level": _log_level,
     "job_timeout_seconds": _positive_int,
+    "job_retry_backoff_seconds": _retry_waits,
     "worker_maintenance_interval": _positive_int,
     "reconcile_interval_seconds": _positive_int,
     "worker_batch_size": _positive_int,

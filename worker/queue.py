@@ -7,6 +7,7 @@ import json
 import random
 import time
 import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -17,6 +18,7 @@ from rq.serializers import JSONSerializer
 
 from db.orders import AdmittedOrder
 from service.auto_pipeline import PackedArgs
+from service.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS
 from service.tracing import trace_carrier
 
 QUEUE_NAME = "orders"
@@ -28,30 +30,33 @@ RESULT_TTL_SECONDS = 600
 """A finished job lingers this long; the order row in PostgreSQL is the lasting record."""
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 """A job that gave up stays in RQ's failed registry (the dead-letter queue) this long."""
-# Infrastructure errors (PostgreSQL down) are retried for about two minutes before the
-# order is rejected as failed; sold out and optimistic-lock conflicts never raise. The
-# first retry is immediate, so a job abandoned by a dead worker is requeued by any worker's
-# maintenance sweep without waiting for RQ's scheduler (whose lock may have died with it).
-RETRY_BACKOFF_SECONDS = [0, 1, 2, 5, 10, 30, 60]
-RETRY = Retry(max=len(RETRY_BACKOFF_SECONDS), interval=RETRY_BACKOFF_SECONDS)
 
 
-def jittered_backoff() -> list[int]:
-    """RETRY's waits, each drawn from 50-150 % of itself (the first stays 0), so the orders
-    that failed together when PostgreSQL went away do not all come back in the same second."""
-    return [round(wait * random.uniform(0.5, 1.5)) for wait in RETRY_BACKOFF_SECONDS]
+def jittered_backoff(waits: Sequence[int]) -> list[int]:
+    """The retry waits, each drawn from 50-150 % of itself (a 0 stays 0), so the orders that
+    failed together when PostgreSQL went away do not all come back in the same second."""
+    return [round(wait * random.uniform(0.5, 1.5)) for wait in waits]
 
 
 JITTER_DRAWS = 256
 """Retry schedules drawn once per process; each order job takes one of them at random."""
 
-JOB_OPTIONS = {
-    "result_ttl": RESULT_TTL_SECONDS,
-    "failure_ttl": FAILURE_TTL_SECONDS,
-    "ttl": None,  # a queued order must never expire unseen
-    "retry": RETRY,
-    "on_failure": Callback("worker.jobs.order_job_failed"),
-}
+
+def job_options(retry_backoff: Sequence[int]) -> dict:
+    """RQ's options of an order job; ``retry_backoff`` is FLASHSALE_JOB_RETRY_BACKOFF_SECONDS.
+
+    Infrastructure errors (PostgreSQL down) are retried once per wait (by default for about
+    two minutes) before the failure callback decides the order; sold out and optimistic-lock
+    conflicts never raise. The default's first retry is immediate, so a job abandoned by a
+    dead worker is requeued by any worker's maintenance sweep without waiting for RQ's
+    scheduler (whose lock may have died with it)."""
+    return {
+        "result_ttl": RESULT_TTL_SECONDS,
+        "failure_ttl": FAILURE_TTL_SECONDS,
+        "ttl": None,  # a queued order must never expire unseen
+        "retry": Retry(max=len(retry_backoff), interval=list(retry_backoff)),
+        "on_failure": Callback("worker.jobs.order_job_failed"),
+    }
 
 
 def order_queue(connection: Redis) -> Queue:
@@ -104,7 +109,12 @@ def _description(order: AdmittedOrder) -> str:
     return f"order {order.order_id}"  # RQ logs this; keep client addresses out
 
 
-def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:
+def enqueue_order(
+    queue: Queue,
+    order: AdmittedOrder,
+    job_timeout: int,
+    retry_backoff: Sequence[int] = DEFAULT_JOB_RETRY_BACKOFF_SECONDS,
+) -> Job:
     """Enqueue through RQ itself (tests and tools; the API writes jobs in lua/admit.lua), and
     record the order in ``fs:admitted`` as admit.lua does: a job whose order is not there was
     decided already, and its worker skips it."""
@@ -118,7 +128,7 @@ def enqueue_order(queue: Queue, order: AdmittedOrder, job_timeout: int) -> Job:
         unique=True,
         timeout=job_timeout,
         description=_description(order),
-        **JOB_OPTIONS,
+        **job_options(retry_backoff),
     )
 
 
@@ -134,8 +144,8 @@ class OrderJobFields:
 
     PER_ORDER = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
 
-    def __init__(self, queue: Queue, job_timeout: int) -> None:
-        template = queue.create_job(JOB_FUNCTION, args=[], timeout=job_timeout, **JOB_OPTIONS)
+    def __init__(self, queue: Queue, job_timeout: int, retry_backoff: Sequence[int]) -> None:
+        template = queue.create_job(JOB_FUNCTION, args=[], timeout=job_timeout, **job_options(retry_backoff))
         template.origin = queue.name
         template.enqueued_at = datetime.now(UTC)
         template._status = JobStatus.QUEUED  # what Queue.enqueue sets before saving
@@ -151,7 +161,7 @@ class OrderJobFields:
         )
         """The fields every order job shares, encoded once: the call appends them as they are."""
         self._serializer = queue.serializer
-        self._retry_intervals = [json.dumps(jittered_backoff()) for _ in range(JITTER_DRAWS)]
+        self._retry_intervals = [json.dumps(jittered_backoff(retry_backoff)) for _ in range(JITTER_DRAWS)]
 
     def for_order(
         self, order: AdmittedOrder, arguments: list, trace: dict[str, str] | None = None
