@@ -183,13 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     reconcile = commands.add_parser("reconcile", help="repair stock gates from the database and the queue")
     reconcile.set_defaults(run=_reconcile)
 
-    orders = commands.add_parser("orders", help="order jobs that gave up (RQ's failed registry)")
+    orders = commands.add_parser("orders", help="dead letters: undecided orders whose job gave up")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)
-    failed = order_commands.add_parser("failed", help="list order jobs that failed every retry")
+    failed = order_commands.add_parser("failed", help="list undecided orders whose job failed every retry")
     failed.set_defaults(run=_orders_failed)
-    requeue = order_commands.add_parser("requeue", help="run failed order jobs again")
+    requeue = order_commands.add_parser("requeue", help="run dead letters again")
     requeue.add_argument("order_ids", nargs="*", help="order ids to requeue")
-    requeue.add_argument("--all", action="store_true", help="requeue every failed order job")
+    requeue.add_argument("--all", action="store_true", help="requeue every dead letter")
     requeue.set_defaults(run=_orders_requeue)
 
     check = commands.add_parser("check", help="probes and smoke tests: ready | demo | worker")

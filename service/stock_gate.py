@@ -50,9 +50,8 @@ def set_gate(redis: Any, product_id: int, units: int, only_if_missing: bool = Fa
     return pipe.execute()
 
 
-def add_to_gate(redis: Any, product_id: int, quantity: int) -> Any:
-    """Units back into the gate (an order that will never use its units), announced."""
-    pipe = redis.pipeline(transaction=False)
+def add_to_gate(pipe: Any, product_id: int, quantity: int) -> None:
+    """Queue on ``pipe`` units going back into the gate (an order that will never use them) and
+    their announcement; the caller executes it together with what must happen in the same step."""
     pipe.incrby(gate_key(product_id), quantity)
     pipe.publish(GATE_CHANNEL, product_id)
-    return pipe.execute()

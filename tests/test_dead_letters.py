@@ -1,50 +1,211 @@
-"""Order jobs that gave up: listed by `flashsale orders failed`, run again by `requeue`."""
+"""Order jobs that failed every retry: decided when PostgreSQL can take the rejection, else
+dead letters that wait ``queued``, listed by `flashsale orders failed`, run again by the
+stranded-order sweep or `flashsale orders requeue`, and gone from RQ's failed registry once decided."""
 
-import uuid
-from datetime import UTC, datetime
+import threading
+from collections import defaultdict
 
-from rq import Callback
+import httpx
+import pytest
+from litestar.testing import TestClient
+from redis import Redis
+from rq.registry import FailedJobRegistry
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
-from db.orders import AdmittedOrder
-from service.throwaway import free_port
+from db.migrate import migrate
+from db.seed import seed
+from db.session import make_engine
+from service.app import create_app
+from service.settings import settings_from_env
+from service.stock_gate import gate_key
+from service.throwaway import free_port, restartable_postgres, wait_until
+from tests.support.admitting import admit_orders
 from tests.support.cli import run_cli
 from tests.support.database import order_rows
-from worker.queue import ADMITTED_KEY, JOB_FUNCTION, job_arguments, order_job_id, order_queue
+from tests.support.invariants import assert_invariants
+from tests.support.orders import wait_all_terminal
+from tests.support.system import System, process_env
+from worker.dead_letters import failed_orders, forget_decided
+from worker.queue import ADMITTED_KEY, order_job_id, order_queue
+from worker.reconcile import reconcile
 from worker.runner import OrderWorker
+
+BACKOFF = "FLASHSALE_JOB_RETRY_BACKOFF_SECONDS"
 
 
 def _cli(settings_env, *args):
     return run_cli(settings_env, "orders", *args)
 
 
-def test_a_job_that_gave_up_while_postgresql_was_away_is_listed_and_requeued(
-    redis, fresh_db, settings_env, worker_env
-):
+def _work(redis) -> None:
+    """One in-process worker runs every queued job (and its immediate retries), then stops."""
     queue = order_queue(redis)
-    order = AdmittedOrder(uuid.uuid4(), 1, 2, "203.0.113.7", datetime.now(UTC))
-    # Admitted as admit.lua admits (fs:admitted), but with no retries left to spend: the job's
-    # first failure is its last.
-    redis.zadd(ADMITTED_KEY, {order_job_id(str(order.order_id)): int(order.admitted_at.timestamp() * 1000)})
-    queue.enqueue_call(
-        JOB_FUNCTION,
-        args=job_arguments(order),
-        job_id=order_job_id(str(order.order_id)),
-        on_failure=Callback("worker.jobs.order_job_failed"),
-    )
-    worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
     OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+
+
+def _gate(redis) -> int:
+    return int(redis.get(gate_key(1)))
+
+
+def _view(settings, order_id: str) -> dict:
+    with TestClient(create_app(settings)) as client:
+        return client.get(f"/orders/{order_id}").json()
+
+
+def test_an_order_whose_retries_all_failed_while_postgresql_was_away_waits_queued(
+    settings_env, redis, fresh_db, worker_env
+):
+    settings = settings_from_env({**settings_env, BACKOFF: "0"})  # one retry
+    (order_id,) = admit_orders(settings, 1, quantity=2)
+    job_id = order_job_id(order_id)
+    worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    _work(redis)
     assert order_rows(fresh_db) == {}, "PostgreSQL was away: nothing could be written"
+    assert FailedJobRegistry(queue=order_queue(redis)).get_job_ids() == [job_id]
+    assert redis.zscore(ADMITTED_KEY, job_id) is not None and _gate(redis) == 98, "undecided, units held"
+    assert _view(settings, order_id)["status"] == "queued", "never terminal without its row"
 
     listed = _cli(settings_env, "failed")
     assert listed.returncode == 0
-    assert str(order.order_id) in listed.stdout and "OperationalError" in listed.stdout
+    assert order_id in listed.stdout and "OperationalError" in listed.stdout
     assert "1 failed order job(s)" in listed.stderr
 
     assert _cli(settings_env, "requeue").returncode == 2  # says what to requeue
-    requeued = _cli(settings_env, "requeue", str(order.order_id))
+    requeued = _cli(settings_env, "requeue", order_id)
     assert requeued.returncode == 0 and "requeued 1" in requeued.stderr
 
     worker_env()
-    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
-    assert order_rows(fresh_db) == {str(order.order_id): ("confirmed", None, 2)}
+    _work(redis)
+    assert order_rows(fresh_db) == {order_id: ("confirmed", None, 2)}
     assert "0 failed order job(s)" in _cli(settings_env, "failed").stderr
+    assert FailedJobRegistry(queue=order_queue(redis)).count == 0 and redis.zcard(ADMITTED_KEY) == 0
+    assert _gate(redis) == 98 and reconcile(redis, fresh_db) == []
+
+
+def test_an_order_whose_retries_all_failed_while_postgresql_answered_is_rejected_and_no_dead_letter(
+    settings_env, redis, fresh_db, worker_env
+):
+    settings = settings_from_env({**settings_env, BACKOFF: "0,0"})
+    seed(fresh_db, redis, stock=3)
+    (order_id,) = admit_orders(settings, 1)
+    job_id = order_job_id(order_id)
+    impatient = make_url(settings.database_url).update_query_dict({"options": "-c lock_timeout=100"})
+    worker_env(FLASHSALE_DATABASE_URL=impatient.render_as_string(hide_password=False))
+    with fresh_db.connect() as blocker, blocker.begin():
+        # Every attempt's stock update gives up on this lock; the rejection needs no such lock.
+        blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR NO KEY UPDATE"))
+        _work(redis)
+
+    assert order_rows(fresh_db) == {order_id: ("rejected", "failed", 1)}
+    assert redis.zscore(ADMITTED_KEY, job_id) is None and _gate(redis) == 3, "decided, units back"
+    registry = FailedJobRegistry(queue=order_queue(redis))
+    assert registry.get_job_ids() == [job_id], "RQ files the job after its callback decided the order"
+    assert failed_orders(redis) == [], "decided: not a dead letter"
+    assert forget_decided(redis) == 1 and registry.count == 0
+    assert _view(settings, order_id) == {"order_id": order_id, "status": "rejected", "reason": "failed"}
+    assert reconcile(redis, fresh_db) == [], "the gate and the database agree"
+
+
+@pytest.fixture
+def stoppable_postgres():
+    """A PostgreSQL of this test's own, to stop and start again."""
+    with restartable_postgres() as server:
+        yield server
+
+
+class Watch:
+    """From a background thread, until the block ends: every answer of GET /orders/{id} for
+    each order (``status`` or ``status/reason``, or the HTTP status when not 200), and the
+    highest stock gate seen."""
+
+    def __init__(self, url: str, order_ids: list[str], redis: Redis) -> None:
+        self.url, self.order_ids, self.redis = url, order_ids, redis
+        self.answers: dict[str, list[str]] = defaultdict(list)
+        self.highest_gate = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self._stop.is_set():
+                self.highest_gate = max(self.highest_gate, int(self.redis.get(gate_key(1))))
+                for order_id in self.order_ids:
+                    response = client.get(f"/orders/{order_id}")
+                    view = response.json() if response.status_code == 200 else {}
+                    answer = "/".join(filter(None, (view.get("status"), view.get("reason"))))
+                    self.answers[order_id].append(answer or str(response.status_code))
+                self._stop.wait(0.05)
+
+
+def _buy(url: str, buyer: int) -> str:
+    response = httpx.post(f"{url}/buy", json={}, headers={"x-forwarded-for": f"10.3.0.{buyer}"})
+    assert response.status_code == 202, response.text
+    return response.json()["order_id"]
+
+
+@pytest.mark.slow
+def test_orders_dead_lettered_while_postgresql_is_down_wait_queued_and_are_confirmed_once_it_returns(
+    stoppable_postgres, redis_url, redis, tmp_path
+):
+    """Real `flashsale api` and `flashsale worker` processes, PostgreSQL stopped through every
+    retry (waits 0, 0, about 1 s): each order is a dead letter, visibly waiting, then decided
+    by the stranded-order sweep once PostgreSQL is back; the reconciler (every second) never
+    hands a held unit out meanwhile."""
+    database_url = stoppable_postgres.url
+    migrate(database_url)
+    engine = make_engine(database_url)
+    seed(engine, redis, stock=10)
+    env = {
+        **process_env(redis_url, database_url),
+        BACKOFF: "0,0,1",
+        "FLASHSALE_RECONCILE_INTERVAL_SECONDS": "1",
+    }
+    system = System(env=env, log_dir=tmp_path)
+    registry = FailedJobRegistry(queue=order_queue(redis))
+    try:
+        system.start_apis(1)
+        system.start_workers(2)
+        stoppable_postgres.stop()
+        order_ids = [_buy(system.url, buyer) for buyer in range(3)]
+        with Watch(system.url, order_ids, redis) as watch:
+            wait_until(lambda: registry.count == 3, 30, "every order's retries spent", interval=0.1)
+            for order_id in order_ids:
+                view = httpx.get(f"{system.url}/orders/{order_id}").json()
+                assert view == {"order_id": order_id, "status": "queued"}, "dead letters wait, queued"
+            listed = run_cli(env, "orders", "failed")
+            assert all(order_id in listed.stdout for order_id in order_ids), listed.stdout
+            assert sum("OperationalError" in line for line in listed.stdout.splitlines()) == 3
+            assert "3 failed order job(s)" in listed.stderr
+            assert _gate(redis) == 7 and redis.zcard(ADMITTED_KEY) == 3, "their units stay held"
+
+            stoppable_postgres.start()
+            assert reconcile(redis, engine) == [] and _gate(redis) == 7, "held units are not handed out"
+            assert registry.count == 3, "reconciled while the dead letters still waited for the sweep"
+            views = wait_all_terminal(system.url, order_ids, timeout=60)
+        assert {view["status"] for view in views.values()} == {"confirmed"}
+        for order_id in order_ids:
+            answers = watch.answers[order_id]
+            settled = answers.index("confirmed")
+            assert set(answers[:settled]) == {"queued"} and set(answers[settled:]) == {"confirmed"}, answers
+        assert watch.highest_gate == 7, "no reconciler pass (workers run one a second) handed one out"
+        assert registry.count == 0, "no decided order in the failed registry"
+        assert "0 failed order job(s)" in run_cli(env, "orders", "failed").stderr
+        assert redis.zcard(ADMITTED_KEY) == 0
+        assert_invariants(engine, redis, order_ids, 10)
+        logs = "".join(log.read_text() for log in tmp_path.glob("*.log"))
+        assert (
+            "waits, undecided, for PostgreSQL" in logs
+            and "error while executing failure callback" not in logs
+        )
+    finally:
+        system.stop()
+        engine.dispose()

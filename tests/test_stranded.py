@@ -1,41 +1,27 @@
 """An admitted order that fell out of RQ's lists is queued again, and only then."""
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
 
 from rq.job import Job, JobStatus
-from rq.registry import StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from db.orders import AdmittedOrder, apply_order
-from service.admission import Decision, admit
-from service.identity import ClientIdentity
-from service.resources import close_resources, open_resources
+from service.settings import settings_from_env
 from service.stock_gate import set_gate
+from service.throwaway import free_port
+from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state
-from worker.queue import ADMITTED_KEY, order_queue, pending_key
+from worker.dead_letters import failed_orders
+from worker.queue import ADMITTED_KEY, order_job_id, order_queue, pending_key
 from worker.runner import OrderWorker
 from worker.stranded import requeue_stranded
 
 
-def _admit_orders(settings, count):
-    async def run():
-        resources = open_resources(settings)
-        try:
-            clients = [ClientIdentity(f"10.2.0.{i}", None, {}, "x-api-key") for i in range(count)]
-            results = [await admit(resources, client, None, 1, 1, None) for client in clients]
-        finally:
-            await close_resources(resources)
-        assert all(r.decision is Decision.ADMITTED for r in results)
-        return [r.order_id for r in results]
-
-    return asyncio.run(run())
-
-
 def test_a_job_in_no_rq_list_is_queued_again_and_decided(settings, redis, fresh_db, worker_env):
     set_gate(redis, 1, 10)
-    order_ids = _admit_orders(settings, 3)
+    order_ids = admit_orders(settings, 3)
     assert redis.zcard(ADMITTED_KEY) == 3
     stranded = redis.lpop("rq:queue:orders").decode()  # as if a worker died between pop and start
 
@@ -53,7 +39,7 @@ def test_a_job_in_no_rq_list_is_queued_again_and_decided(settings, redis, fresh_
 def test_a_worker_applies_a_products_queued_orders_in_batches(settings, redis, fresh_db, worker_env):
     set_gate(redis, 1, 100)
     _, version = product_state(fresh_db)
-    order_ids = _admit_orders(settings, 40)
+    order_ids = admit_orders(settings, 40)
     worker_env(FLASHSALE_WORKER_BATCH_SIZE="16")
     queue = order_queue(redis)
     OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
@@ -67,7 +53,7 @@ def test_a_worker_applies_a_products_queued_orders_in_batches(settings, redis, f
 
 def test_recent_or_decided_orders_are_not_requeued(settings, redis, fresh_db):
     set_gate(redis, 1, 10)
-    (order_id,) = _admit_orders(settings, 1)
+    (order_id,) = admit_orders(settings, 1)
     redis.lpop("rq:queue:orders")
     assert requeue_stranded(redis, fresh_db, older_than_seconds=60) == [], "too recent to call stranded"
     apply_order(fresh_db, AdmittedOrder(uuid.UUID(order_id), 1, 1, "10.2.0.0", datetime.now(UTC)))
@@ -79,7 +65,7 @@ def test_a_dead_workers_jobs_are_recovered_while_it_still_holds_rqs_cleaning_loc
     settings, redis, fresh_db, worker_env
 ):
     set_gate(redis, 1, 10)
-    order_ids = _admit_orders(settings, 2)
+    order_ids = admit_orders(settings, 2)
     queue = order_queue(redis)
     # The dead worker had one job running (its started entry now expired) and had just popped
     # another (in the intermediate queue, first seen over a minute ago); it died holding RQ's
@@ -106,10 +92,34 @@ def test_a_dead_workers_jobs_are_recovered_while_it_still_holds_rqs_cleaning_loc
 
 def test_a_job_popped_by_a_worker_that_died_before_starting_it_is_queued_again(settings, redis, fresh_db):
     set_gate(redis, 1, 10)
-    _admit_orders(settings, 1)
+    admit_orders(settings, 1)
     queue = order_queue(redis)
     popped = redis.lmove(queue.key, queue.intermediate_queue_key).decode()
 
     assert requeue_stranded(redis, fresh_db, older_than_seconds=60) == [], "too recent to call stranded"
     assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == [popped]
     assert queue.get_job_ids() == [popped] and queue.intermediate_queue.get_job_ids() == []
+
+
+def test_a_dead_letter_queued_again_leaves_the_failed_registry(settings_env, redis, fresh_db, worker_env):
+    """Its retries all failed while PostgreSQL was away; once PostgreSQL answers, the sweep
+    runs it again and takes it out of RQ's failed registry in the same step, so the registry,
+    `flashsale orders failed` and the sweep agree."""
+    set_gate(redis, 1, 10)
+    (order_id,) = admit_orders(
+        settings_from_env({**settings_env, "FLASHSALE_JOB_RETRY_BACKOFF_SECONDS": "0"}), 1
+    )
+    job_id = order_job_id(order_id)
+    queue = order_queue(redis)
+    worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert [letter.order_id for letter in failed_orders(redis)] == [order_id]
+
+    assert requeue_stranded(redis, fresh_db, older_than_seconds=0) == [job_id]
+    assert FailedJobRegistry(queue=queue).get_job_ids() == [] and failed_orders(redis) == []
+    assert queue.get_job_ids() == [job_id]
+
+    worker_env()
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+    assert order_rows(fresh_db) == {order_id: ("confirmed", None, 1)}
+    assert FailedJobRegistry(queue=queue).count == 0 and redis.zcard(ADMITTED_KEY) == 0

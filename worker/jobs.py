@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind
 from redis import Redis
 from rq import get_current_job
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from db.orders import AdmittedOrder, apply_orders, record_failure
 from db.session import make_engine
@@ -100,17 +101,33 @@ def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: st
 
 
 def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-    """RQ failure callback: on the last failure, reject the order and give its units back.
+    """RQ failure callback: on the last failure, reject the order as failed and give its units
+    back, or, when PostgreSQL cannot take the rejection, leave the order undecided.
 
-    RQ calls this on every failure, retried or not (also for jobs of workers that died),
-    so it acts only once no retry is left.
+    RQ calls this on every failure, retried or not (also for jobs of workers that died), so it
+    acts only once no retry is left. An order is reported terminal only once its row exists:
+    without one it stays in ``fs:admitted`` (``queued`` to its buyer, its units held, counted
+    by the reconciler) and its job waits in RQ's failed registry, a dead letter, until the
+    stranded-order sweep or ``flashsale orders requeue`` runs it again (worker/dead_letters.py).
     """
     if job.retries_left:
         return
     order = _admitted(*job.args)
-    log.error("order job gave up", extra={"order_id": str(order.order_id), "error": repr(exc_value)})
-    outcome = record_failure(engine(), order)
+    facts = {"order_id": str(order.order_id), "error": repr(exc_value)}
+    try:
+        outcome = record_failure(engine(), order)
+    except SQLAlchemyError as exc:
+        log.error(
+            "order job gave up; its order waits, undecided, for PostgreSQL",
+            extra=facts | {"cause": repr(exc)},
+        )
+        return
+    log.error("order job gave up", extra=facts | {"status": outcome.status, "reason": outcome.reason})
     observe_batch({order.order_id: order}, {order.order_id: outcome})
-    _redis().zrem(ADMITTED_KEY, order_job_id(str(order.order_id)))
-    if outcome.applied_now:
-        add_to_gate(_redis(), order.product_id, order.quantity)
+    # One step: the reconciler counts the units as held until the order leaves fs:admitted,
+    # so they must be back in the gate by then, not a moment later.
+    with _redis().pipeline(transaction=True) as pipe:
+        pipe.zrem(ADMITTED_KEY, order_job_id(str(order.order_id)))
+        if outcome.applied_now:
+            add_to_gate(pipe, order.product_id, order.quantity)
+        pipe.execute()

@@ -21,6 +21,7 @@ from service.checks import WORKER_REDIS_RETRY_SECONDS
 from service.queue_redis import check_no_eviction
 from service.settings import Settings
 from service.tracing import configure_tracing
+from worker.dead_letters import forget_decided
 from worker.jobs import engine as jobs_engine
 from worker.metrics import sample_queue, serve_metrics
 from worker.queue import order_queue
@@ -82,7 +83,8 @@ class OrderWorker(SimpleWorker):
             self._reconcile_when_due()
 
     def _recover_lost_jobs(self) -> None:
-        """Retry the jobs of dead workers, then queue again admitted orders RQ lost track of.
+        """Retry the jobs of dead workers, take decided orders out of the dead-letter queue,
+        then queue again admitted orders RQ lost track of (undecided dead letters included).
 
         RQ recovers abandoned jobs (started registry, intermediate queue) only under its
         registry-cleaning lock, which lives 899 s: a worker killed while holding it would stall
@@ -96,6 +98,7 @@ class OrderWorker(SimpleWorker):
             for queue in self.queues:
                 StartedJobRegistry(queue=queue).cleanup(exception_handlers=self._exc_handlers)
                 queue.intermediate_queue.cleanup(self, queue)
+            forget_decided(self.connection)  # needs no PostgreSQL: done even while it is away
             requeue_stranded(self.connection, jobs_engine(), self.stranded_after_seconds)
         except (RedisError, SQLAlchemyError) as exc:
             self.log.warning("stranded-order sweep skipped: %s", type(exc).__name__)

@@ -5,7 +5,10 @@ as the job) until its job decides it. RQ moves a job id between lists as it work
 intermediate → started, scheduled for a retry); a worker killed at the wrong moment, or a
 Redis restart under a blocking pop, can leave a job in none of them, or in the intermediate
 list of a worker that died. This sweep finds ids admitted long enough ago, not decided in
-PostgreSQL and not waiting, running or scheduled, and queues them again.
+PostgreSQL and not waiting, running or scheduled, and queues them again. Dead letters are
+among them: jobs whose retries all failed while PostgreSQL could not take their rejection
+(worker/dead_letters.py); queued again, they leave RQ's failed registry in the same step.
+The sweep needs PostgreSQL, so it runs them only once PostgreSQL answers again.
 Jobs are idempotent, so queueing one twice applies it once.
 """
 
@@ -22,6 +25,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from db.models import Order
+from worker.dead_letters import failed_registry
 from worker.queue import ADMITTED_KEY, order_queue
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ def requeue_stranded(redis: Redis, engine: Engine, older_than_seconds: float) ->
     # A live worker holds a popped job there for milliseconds before it starts it; an overdue
     # one was popped by a worker that died (RQ itself would wait another minute).
     popped = set(queue.intermediate_queue.get_job_ids()) - in_rq_hands
+    dead_letters = failed_registry(redis).key
     requeued = []
     for job_id in overdue:
         if job_id in decided or job_id in in_rq_hands:
@@ -61,6 +66,7 @@ def requeue_stranded(redis: Redis, engine: Engine, older_than_seconds: float) ->
         with redis.pipeline() as pipe:
             if job_id in popped:
                 pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            pipe.zrem(dead_letters, job_id)
             pipe.hset(Job.key_for(job_id), "status", JobStatus.QUEUED.value)
             pipe.rpush(queue.key, job_id)
             pipe.execute()

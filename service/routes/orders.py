@@ -9,15 +9,13 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from db.models import OrderStatus, RejectReason
+from db.models import OrderStatus
 from db.orders import find_order
 from service.errors import problem, problem_responses
 from service.resources import Resources
 from service.routes.rate_limited import enforce_rate_limit
 from service.schemas import OrderView
-from worker.queue import ADMITTED_KEY, job_key, order_job_id
-
-GAVE_UP_JOB_STATES = {"failed", "stopped", "canceled"}
+from worker.queue import ADMITTED_KEY, order_job_id
 
 
 @get(
@@ -34,19 +32,14 @@ async def get_order(
 
 
 async def _order_view(order_id: uuid.UUID, resources: Resources) -> OrderView:
-    # fs:admitted holds exactly the orders admitted and not yet decided: a worker commits the
-    # row first and then removes the order, so an order missing from it has its row, whichever
-    # job's batch decided it. Its job state only tells a job that gave up without a row.
-    job_id = order_job_id(str(order_id))
-    async with resources.redis.pipeline(transaction=False) as pipe:
-        pipe.zscore(ADMITTED_KEY, job_id)
-        pipe.hget(job_key(str(order_id)), "status")
-        still_open, job_state = await pipe.execute()
-    if still_open is not None and job_state not in GAVE_UP_JOB_STATES:
+    # fs:admitted holds exactly the orders admitted and not yet decided: a worker (or the
+    # failure callback) commits the row first and then removes the order, so an order missing
+    # from it has its row, whichever job's batch decided it. An order still in it is queued,
+    # whatever its job's state: a job that gave up without a row (PostgreSQL away) leaves its
+    # order undecided, a dead letter waiting to run again, never terminal without its row.
+    if await resources.redis.zscore(ADMITTED_KEY, order_job_id(str(order_id))) is not None:
         return OrderView(order_id=order_id, status=OrderStatus.QUEUED)
     row = await to_thread.run_sync(find_order, resources.engine, order_id)
     if row is not None:
         return OrderView(order_id=order_id, status=row.status, reason=row.reason)
-    if job_state in GAVE_UP_JOB_STATES:
-        return OrderView(order_id=order_id, status=OrderStatus.REJECTED, reason=RejectReason.FAILED)
     raise problem(404, "unknown-order", f"There is no order {order_id}.")
