@@ -1,54 +1,141 @@
 """The chaos sale: faults during a real sale, and the invariants after it.
 
 Stock 500 and a limit of one unit per customer; 5,000 requests from 2,500 customers over
-three API processes and four workers. During the sale workers are SIGKILLed at random (and
-replaced), Redis is restarted once (graceful, AOF with appendfsync always) and PostgreSQL
-once. Afterwards: exactly 500 confirmed, no customer above the limit, every 202 terminal, and the
-invariants of tests/support/invariants.py.
+three API processes and four workers, the first 1,000 arriving at 60 a second so the sale
+lasts. Each fault fires on the sale's progress, not on a timer: once so many units are sold,
+and while orders wait undecided with a worker in the middle of applying one (a rival
+transaction holds the product's row for the moment of the fault, so workers wait inside their
+jobs). Workers are SIGKILLed holding a started job (and replaced), Redis is restarted once
+(graceful, AOF with appendfsync always) and PostgreSQL once. Each fault must land between
+202s: orders admitted before it and after it. Afterwards: exactly 500 confirmed, no customer
+above the limit, every 202 terminal, and the invariants of tests/support/invariants.py.
 """
 
 import random
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 from redis import Redis
-from sqlalchemy import text
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Worker
+from rq.registry import StartedJobRegistry
+from sqlalchemy import Engine, text
 
 from db.migrate import migrate
 from db.seed import seed
 from db.session import make_engine
-from service.stock_gate import publish_product
-from service.throwaway import restartable_postgres, restartable_redis
+from service.stock_gate import gate_key, publish_product
+from service.throwaway import Server, restartable_postgres, restartable_redis, wait_until
+from tests.support.database import blocked_on_a_row_lock
 from tests.support.invariants import assert_invariants
-from tests.support.load import NO_ANSWER, fire_concurrently
+from tests.support.load import NO_ANSWER, Reply, fire_concurrently
 from tests.support.orders import rq_whereabouts, wait_all_terminal
 from tests.support.system import System
+from worker.queue import ADMITTED_KEY, order_queue
 
 pytestmark = pytest.mark.slow
 
 STOCK = 500
 CUSTOMERS = 2_500
 REQUESTS = 5_000
+PACED_REQUESTS = 1_000
+PACE_PER_SECOND = 60
+"""About 50 units sold a second: the sale lasts about ten seconds, time for every fault."""
+PLAN = [("kill", 40), ("redis", 110), ("kill", 180), ("postgres", 250), ("kill", 320), ("kill", 390)]
+"""Each fault, and how many units must be sold before it fires."""
+PROGRESS_WAIT_SECONDS = 60
 
 
-def _chaos(system: System, redis_server, postgres_server, stop: threading.Event, events: list[str]):
-    """Kill a random worker (and start a replacement) every second; restart Redis and
-    PostgreSQL once each, a few seconds in."""
-    plan = ["kill", "redis", "kill", "postgres", "kill", "kill"]
-    for step in plan:
-        if stop.wait(1.0):
-            return
-        if step == "kill":
-            victim = random.randrange(len(system.workers))
-            system.kill_worker(victim)
-            system.start_workers(1, wait=False)
-        elif step == "redis":
-            redis_server.restart()
+@dataclass
+class Fault:
+    kind: str
+    started: float
+    """time.time() as it fired, the clock of the buyers' replies."""
+    ended: float
+    undecided: int
+    """Orders admitted and not yet decided as it fired."""
+    held_job: str | None = None
+    """For a kill: the job the worker held when it died, found afterwards in RQ's started registry."""
+
+
+def _sold(redis: Redis) -> int:
+    """Units admitted so far; 0 while Redis restarts or loads its AOF."""
+    try:
+        return STOCK - int(redis.get(gate_key(1)))
+    except (RedisConnectionError, BusyLoadingError):
+        return 0
+
+
+def _kill_a_busy_worker(system: System, redis: Redis) -> str | None:
+    """SIGKILL a worker busy with a job and start a replacement; returns the job id RQ's record
+    of the dead worker still names (its execution), when that job is in the started registry."""
+    victim = system.workers[system.busy_worker()]
+    queue = order_queue(redis)
+    (record,) = [w for w in Worker.all(queue=queue) if w.pid == victim.pid]
+    system.kill_worker(system.workers.index(victim))
+    system.start_workers(1, wait=False)
+    held = [execution.job_id for execution in record.get_current_executions(refresh=True)]
+    started = set(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False))
+    return next((job_id for job_id in held if job_id in started), None)
+
+
+@dataclass
+class Sale:
+    """What the faults strike."""
+
+    system: System
+    redis: Redis
+    engine: Engine
+    redis_server: Server
+    postgres_server: Server
+
+
+def _fire(kind: str, sale: Sale) -> Fault:
+    """One fault, while a rival transaction holds the product's row and a worker waits on it
+    inside its job; orders admitted meanwhile wait undecided."""
+    redis, engine = sale.redis, sale.engine
+    rival = engine.connect()
+    rival_tx = rival.begin()
+    rival.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
+    try:
+        wait_until(lambda: blocked_on_a_row_lock(engine), 30, "a worker applying an order")
+        fault = Fault(kind, time.time(), 0.0, redis.zcard(ADMITTED_KEY))
+        if kind == "kill":
+            fault.held_job = _kill_a_busy_worker(sale.system, redis)
+        elif kind == "redis":
+            sale.redis_server.restart()
         else:
-            postgres_server.restart()
-        events.append(step)
+            sale.postgres_server.restart()
+        fault.ended = time.time()
+    finally:
+        if kind == "postgres":
+            rival.invalidate()  # the restart ended its session: nothing to roll back
+        else:
+            rival_tx.rollback()
+        rival.close()
+    return fault
+
+
+def _chaos(sale: Sale, faults: list[Fault], errors: list[Exception]) -> None:
+    try:
+        for kind, units in PLAN:
+            wait_until(lambda u=units: _sold(sale.redis) >= u, PROGRESS_WAIT_SECONDS, f"{units} units sold")
+            faults.append(_fire(kind, sale))
+    except Exception as exc:  # raised again in the test's thread
+        errors.append(exc)
+
+
+def _assert_landed(fault: Fault, replies: list[Reply]) -> None:
+    admitted = [r for r in replies if r.status == 202]
+    assert any(r.done_at < fault.started for r in admitted), f"no order admitted before {fault}"
+    assert any(r.sent_at > fault.ended for r in admitted), f"no order admitted after {fault}"
+    assert fault.undecided > 0, f"no order waiting to be applied at {fault}"
+    if fault.kind == "kill":
+        assert fault.held_job, f"the killed worker held no started job: {fault}"
 
 
 def test_the_invariants_survive_a_chaos_sale(settings_env, tmp_path):
@@ -76,20 +163,26 @@ def test_the_invariants_survive_a_chaos_sale(settings_env, tmp_path):
         try:
             system.start_apis(3)
             system.start_workers(4)
-            stop, events = threading.Event(), []
+            faults: list[Fault] = []
+            errors: list[Exception] = []
             chaos = threading.Thread(
-                target=_chaos, args=(system, redis_server, postgres_server, stop, events)
+                target=_chaos,
+                args=(Sale(system, redis, engine, redis_server, postgres_server), faults, errors),
             )
             buyers = [(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", {}) for i in range(CUSTOMERS)] * 2
             random.shuffle(buyers)
             chaos.start()
-            started = time.monotonic()
-            replies = fire_concurrently(system.urls, buyers[:REQUESTS], processes=4)
-            while chaos.is_alive() and time.monotonic() - started < 60:
-                chaos.join(1)  # let every planned fault happen, even if the load finished first
-            stop.set()
-            chaos.join()
-            assert events == ["kill", "redis", "kill", "postgres", "kill", "kill"], events
+            replies = fire_concurrently(
+                system.urls, buyers[:PACED_REQUESTS], processes=4, per_second=PACE_PER_SECOND
+            )
+            chaos.join(PROGRESS_WAIT_SECONDS)
+            assert not chaos.is_alive(), f"faults still waiting for the sale's progress: {faults}"
+            if errors:
+                raise errors[0]
+            assert [fault.kind for fault in faults] == [kind for kind, _ in PLAN]
+            replies += fire_concurrently(system.urls, buyers[PACED_REQUESTS:REQUESTS], processes=4)
+            for fault in faults:
+                _assert_landed(fault, replies)
 
             admitted = [r.order_id for r in replies if r.status == 202]
             statuses = Counter(r.status for r in replies)

@@ -31,12 +31,17 @@ LOST = (NO_ANSWER, 502)
 RETRIES = 3
 
 
-async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]], retry_lost: bool) -> list[Reply]:
+async def _fire_share(
+    urls: list[str], share: list[tuple[int, str, dict]], retry_lost: bool, per_second: float | None
+) -> list[Reply]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         in_flight = asyncio.Semaphore(64)  # httpx's own pool slows down badly with many waiters
+        started = time.monotonic()
 
         async def one(index: int, client_ip: str, body: dict) -> Reply:
+            if per_second:  # the sale's arrival schedule, not a wait for some condition
+                await asyncio.sleep(max(0.0, started + index / per_second - time.monotonic()))
             headers = {"x-forwarded-for": client_ip}
             if retry_lost:  # a buyer whose answer was lost asks again with the same key
                 headers["idempotency-key"] = f"buyer-{index}-{RUN}"
@@ -61,23 +66,28 @@ async def _fire_share(urls: list[str], share: list[tuple[int, str, dict]], retry
         return await asyncio.gather(*(one(*request) for request in share))
 
 
-def _client_process(urls, share, start, retry_lost) -> list[Reply]:
+def _client_process(urls, share, start, retry_lost, per_second) -> list[Reply]:
     start.wait()
-    return asyncio.run(_fire_share(urls, share, retry_lost))
+    return asyncio.run(_fire_share(urls, share, retry_lost, per_second))
 
 
 def fire_concurrently(
-    urls: list[str], buyers: list[tuple[str, dict]], processes: int = 4, retry_lost: bool = False
+    urls: list[str],
+    buyers: list[tuple[str, dict]],
+    processes: int = 4,
+    retry_lost: bool = False,
+    per_second: float | None = None,
 ) -> list[Reply]:
     """Each buyer is (client ip, body); all processes start together on one signal. With
     ``retry_lost`` every buyer sends an Idempotency-Key and asks again (up to RETRIES times)
-    when its answer was lost, as a client behind an ingress should."""
+    when its answer was lost, as a client behind an ingress should. With ``per_second`` the
+    n-th buyer asks n / per_second seconds after the start (a sale that lasts), else all at once."""
     requests = [(i, ip, body) for i, (ip, body) in enumerate(buyers)]
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(processes) as pool:
         start = manager.Event()
         pending = [
-            pool.apply_async(_client_process, (urls, requests[p::processes], start, retry_lost))
+            pool.apply_async(_client_process, (urls, requests[p::processes], start, retry_lost, per_second))
             for p in range(processes)
         ]
         start.set()
