@@ -2,19 +2,24 @@
 
     python -m bench.limiter
 
-On a throwaway redis-server it measures, in one run:
+On a throwaway redis-server with its AOF on it measures, in one run:
   1. decisions/s from one Python process calling token_buckets.lua one at a time (plain),
      and in pipelines of 16 and 500;
   2. redis-benchmark running the same EVALSHA on the same Redis (what Redis itself can do);
-  3. ``POST /buy`` on the 429 path (one client far over its limit) through one API process,
-     with and without the local deny cache, next to ``GET /healthz`` on the same process as a
-     floor (the cost of HTTP alone), and on the sold-out path (409). Load comes from wrk.
+     each decision admits, so writes: 1 and 2 with appendfsync everysec, then always;
+  3. ``POST /buy`` on the 429 path (one client far over its limit: SLOW_BUCKETS) through one
+     API process, with and without the local deny cache, next to ``GET /healthz`` on the same
+     process as a floor (the cost of HTTP alone), and on the sold-out path (409). Load comes
+     from wrk. A "no" writes nothing, so these run once, with the chart's appendfsync always.
+It prints each of TARGETS with what was measured (the figures of 1 and 2 are reported; every
+answer of a path must be its status, and the deny cache must make the 429 path faster), saves
+the figures, and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -28,13 +33,36 @@ import httpx
 from redis import Redis
 from redis import asyncio as aioredis
 
+from bench.system import (
+    APPENDFSYNC,
+    SLOW_BUCKETS,
+    durable_redis,
+    read_durability,
+    run_with,
+    spend_bucket,
+)
+from bench.verdict import AT_LEAST, EXACTLY, Target, Verdict, add_options
+from bench.wrk import run_wrk
 from service.lua import load_scripts, script_source
 from service.settings import REPO_ROOT
 from service.stock_gate import gate_key
-from service.throwaway import free_port, redis_server, wait_until
+from service.throwaway import free_port, wait_until
 
 CALLS = 20_000
 ARGS = ["", 5, 1_000_000, 1]  # Redis clock; capacity 5, 1 token/s, cost 1
+SECONDS = 8
+
+TARGETS = (
+    Target("plain", "decisions/s, one Python process, one call at a time", source="#3"),
+    Target("pipelined_16", "decisions/s, pipelined 16 per round trip", source="#3"),
+    Target("pipelined_500", "decisions/s, pipelined 500 per round trip", source="#3"),
+    Target("redis_benchmark", "redis-benchmark EVALSHA, 50 connections (Redis's own ceiling)", source="#3"),
+    Target("cached", "429 path with the deny cache: req/s ÷ floor", source="#3"),
+    Target("uncached", "429 path without it: req/s ÷ floor", source="#3"),
+    Target("deny_cache_gain", "the deny cache's gain: 429 path ÷ floor, with ÷ without", AT_LEAST, 1, "#3"),
+    Target("sold_out", "sold-out path, latched, 20,000 clients: req/s ÷ floor", source="#4"),
+    Target("other", "answers other than the path's status (429, 409), socket errors", EXACTLY, 0, "#15"),
+)
 
 
 async def _decisions_per_second(redis_url: str, batch: int) -> float:
@@ -93,14 +121,6 @@ def _redis_benchmark(redis_url: str) -> float:
     return float(re.findall(r"([\d.]+) requests per second", result)[-1])
 
 
-def _wrk(url: str, post: bool, seconds: int = 8) -> float:
-    script = ["-s", str(REPO_ROOT / "bench" / "post_empty.lua")] if post else []
-    out = subprocess.run(
-        ["wrk", "-t2", "-c64", f"-d{seconds}s", *script, url], capture_output=True, text=True, check=True
-    ).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
 @contextmanager
 def _running_api(redis_url: str, **env: str):
     """One API process on a free port (no database needed for the paths measured here)."""
@@ -119,32 +139,35 @@ def _running_api(redis_url: str, **env: str):
         api.wait(30)
 
 
-def _http_figures(redis_url: str, deny_cache: bool) -> tuple[float, float]:
-    """The 429 path (one client far over its limit), and the /healthz floor."""
-    Redis.from_url(redis_url).set(gate_key(1), 10**9)  # plenty of stock: only the limiter says no
-    with _running_api(redis_url, FLASHSALE_LIMITER_DENY_CACHE=str(deny_cache).lower()) as base:
-        for _ in range(6):  # spend the one client's bucket
-            httpx.post(f"{base}/buy", json={})
-        return _wrk(f"{base}/buy", post=True), _wrk(f"{base}/healthz", post=False)
+def _path(base: str, clients: int, expected: int) -> dict:
+    """wrk on ``POST /buy`` from ``clients`` addresses, next to the floor: figures, ratio and
+    how many answers were not ``expected``."""
+    path = run_wrk(base, SECONDS, 64, 2, clients)
+    floor = run_wrk(base, SECONDS, 64, 2, 0, "GET", "/healthz")
+    other = sum(n for status, n in path["statuses"].items() if status != expected) + path["socket_errors"]
+    return {
+        "requests_per_second": round(path["requests_per_second"]),
+        "floor_requests_per_second": round(floor["requests_per_second"]),
+        "ratio": round(path["requests_per_second"] / floor["requests_per_second"], 3),
+        "statuses": path["statuses"],
+        "other": other,
+    }
 
 
-def _sold_out_figure(redis_url: str) -> float:
+def _limited(redis_url: str, deny_cache: bool) -> dict:
+    """The 429 path: one client far over its limit, plenty of stock (only the limiter says no)."""
+    Redis.from_url(redis_url).set(gate_key(1), 10**9)
+    settings = {**SLOW_BUCKETS, "FLASHSALE_LIMITER_DENY_CACHE": str(deny_cache).lower()}
+    with _running_api(redis_url, **settings) as base:
+        spend_bucket(base)
+        return _path(base, clients=0, expected=429)
+
+
+def _sold_out(redis_url: str) -> dict:
     """The 409 path: the gate at zero, 20,000 clients (each within its limit), latched."""
     Redis.from_url(redis_url).set(gate_key(1), 0)
     with _running_api(redis_url, FLASHSALE_TRUSTED_PROXIES="127.0.0.1/32") as base:
-        out = subprocess.run(
-            ["wrk", "-t2", "-c64", "-d8s", "-s", str(REPO_ROOT / "bench" / "buy.lua"), f"{base}/buy"],
-            env={**os.environ, "BENCH_CLIENTS": "20000"},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    figures = json.loads(
-        next(line for line in out.splitlines() if line.startswith("BENCH ")).removeprefix("BENCH ")
-    )
-    if set(figures["statuses"]) != {"409"}:
-        raise SystemExit(f"expected only 409s, got {figures['statuses']}")
-    return figures["requests"] / (figures["duration_us"] / 1e6)
+        return _path(base, clients=20_000, expected=409)
 
 
 def _answers(url: str) -> bool:
@@ -154,31 +177,52 @@ def _answers(url: str) -> bool:
         return False
 
 
-def main() -> int:
+def _decisions(redis_url: str) -> dict:
+    return {
+        "plain": round(asyncio.run(_decisions_per_second(redis_url, 1))),
+        "pipelined_16": round(asyncio.run(_decisions_per_second(redis_url, 16))),
+        "pipelined_500": round(asyncio.run(_decisions_per_second(redis_url, 500))),
+        "redis_benchmark": round(_redis_benchmark(redis_url)),
+    }
+
+
+def judge(figures: dict, verdict: Verdict) -> None:
+    for decisions in figures["decisions"]:
+        for key in ("plain", "pipelined_16", "pipelined_500", "redis_benchmark"):
+            verdict.check(key, decisions[key], run_with(decisions["durability"]))
+    http = figures["http"]
+    where = run_with(http["durability"])
+    cached, uncached, sold_out = http["cached"], http["uncached"], http["sold_out"]
+    for key, path in (("cached", cached), ("uncached", uncached), ("sold_out", sold_out)):
+        rates = f"{path['requests_per_second']:,} req/s, floor {path['floor_requests_per_second']:,}"
+        verdict.check(key, path["ratio"], where, rates)
+    gain = round(cached["ratio"] / uncached["ratio"], 3)
+    verdict.check("deny_cache_gain", gain, where, f"{cached['ratio']} ÷ {uncached['ratio']}")
+    statuses = "; ".join(f"{key} {http[key]['statuses']}" for key in ("cached", "uncached", "sold_out"))
+    verdict.check("other", cached["other"] + uncached["other"] + sold_out["other"], where, statuses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.limiter", description=__doc__.splitlines()[0])
+    add_options(parser)
+    args = parser.parse_args(argv)
     for tool in ("wrk", "redis-benchmark", "redis-cli"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed; apt-get install -y wrk redis-tools")
-    with redis_server() as redis_url:
-        plain = asyncio.run(_decisions_per_second(redis_url, 1))
-        piped_16 = asyncio.run(_decisions_per_second(redis_url, 16))
-        piped_500 = asyncio.run(_decisions_per_second(redis_url, 500))
-        server = _redis_benchmark(redis_url)
-        cached_429, floor = _http_figures(redis_url, deny_cache=True)
-        uncached_429, floor_again = _http_figures(redis_url, deny_cache=False)
-        sold_out = _sold_out_figure(redis_url)
-    print("limiter decisions/s, one Python process (redis.asyncio, token_buckets.lua)")
-    print(f"  plain, one call at a time      {plain:>10,.0f}")
-    print(f"  pipelined, 16 per round trip   {piped_16:>10,.0f}")
-    print(f"  pipelined, 500 per round trip  {piped_500:>10,.0f}")
-    print(f"  redis-benchmark EVALSHA, 50 c  {server:>10,.0f}")
-    print("POST /buy on the 429 path, one API process, wrk -t2 -c64")
-    print(f"  with the deny cache            {cached_429:>10,.0f} req/s  ({cached_429 / floor:.2f} x floor)")
-    ratio = uncached_429 / floor_again
-    print(f"  without it                     {uncached_429:>10,.0f} req/s  ({ratio:.2f} x floor)")
-    print(f"  floor: GET /healthz            {floor:>10,.0f} req/s, {floor_again:,.0f} in the second run")
-    print("POST /buy on the sold-out path (gate at zero, latched), one API process, 20,000 clients")
-    print(f"  409 answers                    {sold_out:>10,.0f} req/s  ({sold_out / floor:.2f} x floor)")
-    return 0
+    verdict = Verdict("limiter", TARGETS, args.target)
+    figures: dict = {"decisions": []}
+    with durable_redis("always") as server, Redis.from_url(server.url) as redis:
+        for appendfsync in APPENDFSYNC:
+            redis.config_set("appendfsync", appendfsync)
+            figures["decisions"].append({"durability": read_durability(redis), **_decisions(server.url)})
+        figures["http"] = {
+            "durability": read_durability(redis),
+            "cached": _limited(server.url, deny_cache=True),
+            "uncached": _limited(server.url, deny_cache=False),
+            "sold_out": _sold_out(server.url),
+        }
+    judge(figures, verdict)
+    return verdict.finish(figures, args.publish)
 
 
 if __name__ == "__main__":

@@ -1,84 +1,96 @@
 """The request paths of a sale, each next to its floor, on two API processes.
 
-    python -m bench.paths                  # what `make bench` runs first: 10 s per measurement
-    python -m bench.paths --quick --check bench/baseline.json   # `make bench-quick` (CI)
+    python -m bench.paths            # part of `make bench`: 10 s per measurement
+    python -m bench.paths --quick    # `make bench-quick` (CI): 3 s per measurement
 
-On throwaway Redis and PostgreSQL it starts ``flashsale api --processes 2`` (two uvicorn
-processes on one port; no workers, so none competes for the cores), then measures with
-wrk (Debian's ``wrk``; ``-t2 -c64``, keep-alive) each scenario right after its floor,
-``GET /healthz`` on the same processes (a trivial route with no Redis call), three times
-over; the median of the three rounds is reported:
+On throwaway Redis (AOF) and PostgreSQL (fsync on) it starts ``flashsale api --processes 2``
+(two uvicorn processes on one port; no workers, so none competes for the cores), then
+measures with wrk (Debian's ``wrk``; ``-t2 -c64``, keep-alive) each scenario right after its
+floor, ``GET /healthz`` on the same processes (a trivial route with no Redis call), three
+times over; the median of the three rounds is reported:
 
-  limited    POST /buy from one client already over its limit (429, from the deny cache;
-             the few 202s are its bucket refilling, 1 token/s)
+  limited    POST /buy from one client already over its limit (429, from the deny cache)
   sold_out   POST /buy with the gate at zero, 20,000 clients (409, from the latch)
-  admit      POST /buy with stock to spare, 200,000 clients (202, one admit.lua call each)
+  admit      POST /buy with stock to spare, 200,000 clients (202, one admit.lua call each),
+             with Redis's appendfsync everysec, then always (the same processes)
 
-Absolute figures drift on shared machines; the ratio to the floor is what to compare. It
-prints a table against the issue's targets, writes JSON to ``bench/results/``, and with
-``--check`` fails when a ratio falls more than 30 % below the baseline's.
+The 429 and 409 paths write nothing to Redis, so only the admit path is measured under both
+fsync policies. Clients get SLOW_BUCKETS: the limited client is never admitted again and no
+admit client is ever limited, so every answer of a scenario must be its status. Absolute
+figures drift on shared machines; the ratio to the floor is what to compare. It prints each
+of TARGETS with what was measured, saves the figures, and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
-import httpx
-from redis import Redis
-
-from bench.saved import save_json
-from bench.system import running_system
+from bench.system import SLOW_BUCKETS, BenchSystem, run_with, running_system, spend_bucket
+from bench.verdict import AT_LEAST, AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
 from service.stock_gate import set_gate
 
-REGRESSION_TOLERANCE = 0.3
 CONNECTIONS, THREADS = 64, 2
 ROUNDS = 3
 """Floor-then-scenario pairs per scenario; the median pair is reported (shared machines drift)."""
-# scenario: (minimum ratio to the floor or None, minimum req/s or None, maximum p99 ms)
-TARGETS = {"limited": (0.8, None, 20.0), "sold_out": (0.8, None, 20.0), "admit": (None, 6_500.0, 50.0)}
+
+TARGETS = (
+    Target("limited.ratio", "429 path, one client over its limit: req/s ÷ floor", AT_LEAST, 0.8, "#7"),
+    Target("limited.p99", "429 path: p99 ms", AT_MOST, 20, "#7"),
+    Target("limited.other", "429 path: answers other than 429, socket errors", EXACTLY, 0, "#15"),
+    Target("sold_out.ratio", "sold-out path, 20,000 clients: req/s ÷ floor", AT_LEAST, 0.8, "#7"),
+    Target("sold_out.p99", "sold-out path: p99 ms", AT_MOST, 20, "#7"),
+    Target("sold_out.other", "sold-out path: answers other than 409, socket errors", EXACTLY, 0, "#15"),
+    Target("admit.rate", "admit path, 200,000 clients, every request queued: req/s", AT_LEAST, 6_500, "#7"),
+    Target("admit.p99", "admit path: p99 ms", AT_MOST, 50, "#7"),
+    Target("admit.other", "admit path: answers other than 202, socket errors", EXACTLY, 0, "#15"),
+)
 
 
 def _figures(wrk: dict) -> dict:
     return {
-        "requests_per_second": round(wrk["requests_per_second"], 1),
-        "p50_ms": wrk["p50_us"] / 1000,
-        "p99_ms": wrk["p99_us"] / 1000,
+        "requests_per_second": round(wrk["requests_per_second"]),
+        "p50_ms": round(wrk["p50_us"] / 1000, 1),
+        "p99_ms": round(wrk["p99_us"] / 1000, 1),
         "statuses": wrk["statuses"],
         "socket_errors": wrk["socket_errors"],
     }
 
 
-def measure(url: str, redis: Redis, seconds: int) -> dict[str, dict]:
-    """Each scenario right after its floor, ROUNDS times; the median round's figures and ratio."""
+def measure(system: BenchSystem, seconds: int) -> list[dict]:
+    """Each scenario right after its floor, ROUNDS times: the median round's figures, its
+    floor and ratio, and what the servers ran with."""
+    url = system.url
 
     def load(clients: int, method: str = "POST", path: str = "/buy") -> dict:
         return _figures(run_wrk(url, seconds, CONNECTIONS, THREADS, clients, method, path))
 
     def limited() -> dict:
-        for _ in range(10):  # spend the one client's bucket: every later request is a 429
-            httpx.post(f"{url}/buy", json={}, timeout=5)
+        spend_bucket(url)
         return load(clients=0)
 
     def sold_out() -> dict:
-        set_gate(redis, 1, 0)
+        set_gate(system.redis, 1, 0)
         return load(clients=20_000)
 
     def admit() -> dict:
-        set_gate(redis, 1, 10**9)
+        set_gate(system.redis, 1, 10**9)
         return load(clients=200_000)
 
     def floor() -> dict:
         return load(clients=0, method="GET", path="/healthz")
 
     floor()  # warm-up: the first seconds of fresh processes are slower
-    results = {}
-    scenarios = (("limited", limited, 429), ("sold_out", sold_out, 409), ("admit", admit, 202))
-    for name, run, expected in scenarios:
+    results = []
+    plan = (
+        ("limited", limited, 429, "everysec"),
+        ("sold_out", sold_out, 409, "everysec"),
+        ("admit", admit, 202, "everysec"),
+        ("admit", admit, 202, "always"),
+    )
+    for name, run, expected, appendfsync in plan:
+        system.redis.config_set("appendfsync", appendfsync)
         pairs = []
         for _ in range(ROUNDS):
             base, figures = floor(), run()
@@ -86,70 +98,50 @@ def measure(url: str, redis: Redis, seconds: int) -> dict[str, dict]:
             pairs.append((figures, base))
         pairs.sort(key=lambda pair: pair[0]["ratio"])
         figures, base = pairs[len(pairs) // 2]  # the median round: its figures and its floor
-        unexpected = {s: n for s, n in figures["statuses"].items() if s != expected}
-        rounds = [pair[0]["ratio"] for pair in pairs]
-        results[name] = {**figures, "floor": base, "unexpected_statuses": unexpected, "round_ratios": rounds}
+        results.append(
+            {
+                "scenario": name,
+                **figures,
+                "expected_status": expected,
+                "floor": base,
+                "round_ratios": [pair[0]["ratio"] for pair in pairs],
+                "durability": system.durability(),
+            }
+        )
     return results
 
 
-def report(results: dict[str, dict]) -> list[str]:
-    """Print the table; return the targets missed."""
-    missed = []
-    print(f"{'scenario':<10} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'floor':>8} {'ratio':>6}  target")
-    for name, r in results.items():
-        least_ratio, least_rate, most_p99 = TARGETS[name]
-        wanted = []
-        if least_ratio is not None:
-            wanted.append(f">= {least_ratio} x floor")
-            if r["ratio"] < least_ratio:
-                missed.append(f"{name}: ratio {r['ratio']} < {least_ratio}")
-        if least_rate is not None:
-            wanted.append(f">= {least_rate:,.0f} req/s")
-            if r["requests_per_second"] < least_rate:
-                missed.append(f"{name}: {r['requests_per_second']:,.0f} req/s < {least_rate:,.0f}")
-        wanted.append(f"p99 <= {most_p99:g} ms")
-        if r["p99_ms"] > most_p99:
-            missed.append(f"{name}: p99 {r['p99_ms']:.1f} ms > {most_p99:g}")
-        print(
-            f"{name:<10} {r['requests_per_second']:>8,.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
-            f" {r['floor']['requests_per_second']:>8,.0f} {r['ratio']:>6.2f}  {', '.join(wanted)}"
+def judge(results: list[dict], verdict: Verdict) -> None:
+    for r in results:
+        name, where = r["scenario"], run_with(r["durability"])
+        rounds = " / ".join(f"{ratio:.2f}" for ratio in r["round_ratios"])
+        rate = f"{r['requests_per_second']:,} req/s"
+        floor = f"floor {r['floor']['requests_per_second']:,}"
+        if name == "admit":
+            verdict.check("admit.rate", r["requests_per_second"], where, f"{r['ratio']:.2f} x {floor}")
+        else:
+            verdict.check(f"{name}.ratio", r["ratio"], where, f"{rate}, {floor}; rounds {rounds}")
+        verdict.check(f"{name}.p99", r["p99_ms"], where, f"p50 {r['p50_ms']:.1f} ms")
+        other = {status: n for status, n in r["statuses"].items() if status != r["expected_status"]}
+        answers = sum(r["statuses"].values())
+        verdict.check(
+            f"{name}.other",
+            sum(other.values()) + r["socket_errors"],
+            where,
+            f"of {answers:,} answers; other statuses {other or 'none'}, socket errors {r['socket_errors']}",
         )
-        if r["unexpected_statuses"] or r["socket_errors"]:
-            print(f"  other answers {r['unexpected_statuses']}, socket errors {r['socket_errors']}")
-    return missed
-
-
-def regressions(results: dict[str, dict], baseline: dict[str, dict]) -> list[str]:
-    """Scenarios whose ratio to the floor fell more than REGRESSION_TOLERANCE below the baseline's."""
-    return [
-        f"{name}: ratio {results[name]['ratio']} < {1 - REGRESSION_TOLERANCE:.0%} of {base['ratio']}"
-        for name, base in baseline.items()
-        if name in results and results[name]["ratio"] < (1 - REGRESSION_TOLERANCE) * base["ratio"]
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.paths", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 s per measurement instead of 10")
-    parser.add_argument("--check", type=Path, help="a baseline JSON: fail on a ratio 30 %% below it")
-    parser.add_argument("--save-baseline", type=Path, help="write this run's ratios as the baseline")
+    add_options(parser)
     args = parser.parse_args(argv)
-    with running_system(workers=0) as system:
-        results = measure(system.url, system.redis, seconds=3 if args.quick else 10)
-    missed = report(results)
-    save_json("paths", {"machine": os.uname().nodename, "cpus": os.cpu_count(), **results})
-    if missed:
-        print("targets not met: " + "; ".join(missed))
-    if args.save_baseline:
-        ratios = {name: {"ratio": r["ratio"]} for name, r in results.items()}
-        args.save_baseline.write_text(json.dumps(ratios, indent=2) + "\n")
-    if args.check:
-        failed = regressions(results, json.loads(args.check.read_text()))
-        if failed:
-            print("regressed: " + "; ".join(failed))
-            return 1
-        print(f"no ratio more than {REGRESSION_TOLERANCE:.0%} below {args.check}")
-    return 0
+    verdict = Verdict("paths", TARGETS, args.target)
+    with running_system(workers=0, appendfsync="everysec", settings=SLOW_BUCKETS) as system:
+        results = measure(system, seconds=3 if args.quick else 10)
+    judge(results, verdict)
+    return verdict.finish({"scenarios": results}, args.publish)
 
 
 if __name__ == "__main__":

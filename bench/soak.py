@@ -4,12 +4,13 @@ fault every minute, and what must be true afterwards.
     python -m bench.soak                   # `make soak`: 10 minutes, then up to 12 for TTLs
     python -m bench.soak --minutes 2 --rate 3000
 
-On a running_system (two API processes, two workers, Redis with its AOF), every minute the
-demo product is restocked with 5,000 units and wrk sends ``POST /buy {}`` from 20,000 client
-addresses at the chosen rate (paced per connection) for 55 s. Twenty seconds into each
-minute one fault strikes, in turn: a worker SIGKILLed (and replaced), Redis restarted, an API
-process SIGKILLed (uvicorn's supervisor starts another), PostgreSQL restarted, Redis paused
-for 3 s (``CLIENT PAUSE``: every command hangs, as when the network to it is cut).
+On a running_system (two API processes, two workers, Redis with its AOF synced every second,
+PostgreSQL with fsync on), every minute the demo product is restocked with 5,000 units and
+wrk sends ``POST /buy {}`` from 20,000 client addresses at the chosen rate (paced per
+connection) for 55 s. Twenty seconds into each minute one fault strikes, in turn: a worker
+SIGKILLed (and replaced), Redis restarted, an API process SIGKILLed (uvicorn's supervisor
+starts another), PostgreSQL restarted, Redis paused for 3 s (``CLIENT PAUSE``: every command
+hangs, as when the network to it is cut).
 
 Afterwards: every admitted order decided (``fs:admitted`` empty, no dead letters), at least
 one order row per 202, units conserved (confirmed + stock left = units restocked, so
@@ -19,8 +20,9 @@ process died; API and worker RSS flat (±10 %, each process's last minute agains
 second, for every process that lived four minutes or more); Redis back to its memory from
 before the load once the finished jobs' TTL has passed.
 
-The rate defaults to 70 % of the admit figure of the newest ``bench/results/paths-*.json``
-(``python -m bench.paths``), or of the 6,500 req/s target when there is none.
+The rate defaults to 70 % of the admit figure with appendfsync everysec (what the soak's Redis
+runs with) of the newest ``bench/results/paths-*.json`` (``python -m bench.paths``), or of the
+6,500 req/s target when there is none.
 """
 
 from __future__ import annotations
@@ -153,7 +155,13 @@ def _redis_footprint(system: BenchSystem) -> dict[str, int]:
 
 def default_rate() -> int:
     newest = max(RESULTS.glob("paths-*.json"), default=None, key=lambda path: path.stat().st_mtime)
-    admit = json.loads(newest.read_text())["admit"]["requests_per_second"] if newest else FALLBACK_ADMIT_RATE
+    if newest is None:
+        return round(FALLBACK_ADMIT_RATE * LOAD_SHARE)
+    admit = next(
+        scenario["requests_per_second"]
+        for scenario in json.loads(newest.read_text())["figures"]["scenarios"]
+        if scenario["scenario"] == "admit" and scenario["durability"]["redis"]["appendfsync"] == "everysec"
+    )
     return round(admit * LOAD_SHARE)
 
 
@@ -328,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     rate = args.rate or default_rate()
-    with running_system(workers=2, stock=0, redis_options=("--appendonly", "yes")) as system:
+    with running_system(workers=2, stock=0, appendfsync="everysec") as system:
         result = run_soak(system, args.minutes, rate, args.settle_seconds)
     report(result)
     missed = verdict(result)

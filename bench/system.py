@@ -1,5 +1,11 @@
-"""The system a benchmark measures: throwaway Redis and PostgreSQL, ``flashsale api
---processes 2`` (two uvicorn processes on one port) and N workers, stopped afterwards."""
+"""The system a benchmark measures: throwaway Redis and PostgreSQL as durable as a sale's,
+``flashsale api --processes 2`` (two uvicorn processes on one port) and N workers, stopped
+afterwards.
+
+Redis keeps its AOF, synced every second or on every write (``appendfsync`` everysec or always,
+the chart's default: see "Running Redis for a sale" in the README), and PostgreSQL syncs every
+commit (fsync on); ``read_durability`` reads back what the servers really run
+with, for every table to say."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,68 @@ from db.session import make_engine
 from service.throwaway import Server, free_port, restartable_postgres, restartable_redis, wait_until
 
 ADMIN_TOKEN = "bench-admin-token"
+APPENDFSYNC = ("everysec", "always")
+"""The AOF policies a sale runs with: always (charts/flashsale/values.yaml) loses no 202 in a
+crash, everysec up to a second of them, for the throughput."""
+SLOW_BUCKETS = {"FLASHSALE_RATE_CAPACITY": "100", "FLASHSALE_RATE_REFILL_PER_SEC": "0.001"}
+"""Far more tokens than one of many clients spends in a benchmark, and one more only after
+1,000 s: no such client is ever limited, and one over its limit stays there (every answer of
+a path is its status)."""
+
+
+def spend_bucket(url: str) -> None:
+    """Put the one client without X-Forwarded-For over its limit."""
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while client.post("/buy", json={}).status_code != 429:
+            pass
+
+
+@contextmanager
+def durable_redis(appendfsync: str) -> Iterator[Server]:
+    """A throwaway redis-server with its AOF on, syncing ``appendfsync`` (one of APPENDFSYNC)."""
+    with restartable_redis(None, "--appendonly", "yes", "--appendfsync", appendfsync) as server:
+        yield server
+
+
+@contextmanager
+def durable_postgres() -> Iterator[Server]:
+    """A throwaway PostgreSQL that syncs its commits. service/throwaway.py runs it with fsync
+    off, which suits tests but flatters a benchmark: the same cluster is restarted with fsync
+    on (of two ``-c`` settings the later wins)."""
+    with restartable_postgres() as server:
+        server.command = [*server.command, "-c", "fsync=on"]
+        server.restart()
+        yield server
+
+
+def read_durability(redis: Redis, engine: Engine | None = None) -> dict:
+    """What the servers report they run with (not what was asked of them)."""
+    settings = {
+        "redis": {
+            "version": redis.info("server")["redis_version"],
+            **redis.config_get("appendonly"),
+            **redis.config_get("appendfsync"),
+        }
+    }
+    if engine is not None:
+        with engine.connect() as connection:
+            settings["postgresql"] = {
+                name: connection.exec_driver_sql(f"SHOW {name}").scalar_one()
+                for name in ("server_version", "fsync", "synchronous_commit")
+            }
+    return settings
+
+
+def run_with(settings: dict) -> str:
+    """``read_durability``'s answer in a few words, as the tables show it."""
+    redis = settings["redis"]
+    words = [f"Redis AOF {redis['appendfsync']}" if redis["appendonly"] == "yes" else "Redis, no AOF"]
+    if "postgresql" in settings:
+        postgresql = settings["postgresql"]
+        words.append(f"PostgreSQL fsync {postgresql['fsync']}")
+        if postgresql["synchronous_commit"] != "on":
+            words.append(f"synchronous_commit {postgresql['synchronous_commit']}")
+    return ", ".join(words)
 
 
 @dataclass(frozen=True)
@@ -42,6 +111,9 @@ class BenchSystem:
             children = [int(pid) for pid in listing.read().split()]
         return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
+    def durability(self) -> dict:
+        return read_durability(self.redis, self.engine)
+
     def start_worker(self) -> subprocess.Popen:
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=self.env)
         self.workers.append(worker)
@@ -49,13 +121,14 @@ class BenchSystem:
 
 
 @contextmanager
-def running_system(workers: int, stock: int = 100, redis_options: tuple[str, ...] = ()):
-    """Throwaway Redis (``redis_options`` appended to its command line) and PostgreSQL, two
-    API processes and ``workers`` workers; the demo product (id 1) seeded with ``stock``.
-    Loopback is trusted, so wrk's X-Forwarded-For tells clients apart."""
+def running_system(workers: int, appendfsync: str, stock: int = 100, settings: dict[str, str] | None = None):
+    """Durable throwaway Redis (AOF, ``appendfsync``) and PostgreSQL, two API processes and
+    ``workers`` workers; the demo product (id 1) seeded with ``stock``. Loopback is trusted,
+    so wrk's X-Forwarded-For tells clients apart; ``settings`` (FLASHSALE_* variables) come
+    last."""
     with ExitStack() as stack:
-        redis_server = stack.enter_context(restartable_redis(None, *redis_options))
-        postgres_server = stack.enter_context(restartable_postgres())
+        redis_server = stack.enter_context(durable_redis(appendfsync))
+        postgres_server = stack.enter_context(durable_postgres())
         migrate(postgres_server.url)
         engine = make_engine(postgres_server.url, pool_size=2)
         stack.callback(engine.dispose)
@@ -69,6 +142,7 @@ def running_system(workers: int, stock: int = 100, redis_options: tuple[str, ...
             "FLASHSALE_TRUSTED_PROXIES": "127.0.0.1/32",
             "FLASHSALE_ADMIN_TOKEN": ADMIN_TOKEN,
             "FLASHSALE_LOG_LEVEL": "WARNING",
+            **(settings or {}),
         }
         port = free_port()
         api = ["api", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"]

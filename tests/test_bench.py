@@ -1,62 +1,175 @@
-"""The benchmark's verdicts: targets missed and regressions against the baseline."""
+"""The benchmarks' verdicts: each target judged on made-up figures, the exit code, and the
+README's tables rendered from the published results."""
 
-from bench.paths import regressions, report
+import json
+
+import pytest
+
+from bench import report, saved
+from bench.verdict import AT_LEAST, AT_MOST, EXACTLY, Target, Verdict
+
+WHERE = "Redis AOF everysec, PostgreSQL fsync on"
 
 
-def _result(rate: float, ratio: float, p99: float) -> dict:
-    floor = {"requests_per_second": rate / ratio, "p99_ms": 1.0}
+@pytest.fixture
+def results_dirs(tmp_path, monkeypatch):
+    """Saved results go to a temporary folder, never to bench/results or docs/benchmarks."""
+    monkeypatch.setattr(saved, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(saved, "PUBLISHED", tmp_path / "published")
+    return tmp_path
+
+
+def _verdict(*overrides: str) -> Verdict:
+    targets = (
+        Target("rate", "req/s", AT_LEAST, 6_500, "#7"),
+        Target("p99", "p99 ms", AT_MOST, 50, "#7"),
+        Target("other", "other answers", EXACTLY, 0, "#15"),
+        Target("bytes", "bytes per key"),
+    )
+    return Verdict("example", targets, overrides)
+
+
+def test_a_missed_target_sets_the_exit_code_and_everything_is_saved(results_dirs, capsys):
+    verdict = _verdict()
+    verdict.check("rate", 6_500, WHERE, "0.36 x floor 18,000")
+    verdict.check("p99", 50.1, WHERE)
+    verdict.check("other", 0, WHERE)
+    verdict.check("bytes", 136, WHERE)
+    assert [check["met"] for check in verdict.checks] == [True, False, True, None]
+    assert verdict.finish({"figure": 1}, publish=False) == 1
+    out = capsys.readouterr().out
+    assert "MISSED   p99 ms ≤ 50 (#7)" in out
+    assert "reported bytes per key (#7)" not in out  # no source given: none shown
+    [results] = (results_dirs / "results").glob("example-*.json")
+    saved_run = json.loads(results.read_text())
+    assert saved_run["checks"] == verdict.checks
+    assert saved_run["figures"] == {"figure": 1}
+    assert {"cpu", "cores", "ram_gib", "kernel", "python"} <= saved_run["machine"].keys()
+    assert not (results_dirs / "published").exists()  # only --publish writes docs/benchmarks
+
+
+def test_every_target_met_exits_0_and_publish_writes_the_readme_s_copy(results_dirs):
+    verdict = _verdict()
+    verdict.check("rate", 8_660, WHERE)
+    verdict.check("bytes", 10**6, WHERE)  # a reported figure is never missed
+    assert verdict.finish({}, publish=True) == 0
+    assert json.loads((results_dirs / "published" / "example.json").read_text())["checks"] == verdict.checks
+
+
+def test_a_target_can_be_overridden_and_an_unknown_one_is_refused():
+    verdict = _verdict("rate=1e9")
+    verdict.check("rate", 8_660, WHERE)
+    assert verdict.checks[0]["wanted"] == "≥ 1,000,000,000"
+    assert verdict.missed() == verdict.checks
+    with pytest.raises(SystemExit, match="no target 'latency'"):
+        _verdict("latency=5")
+    with pytest.raises(SystemExit, match="no target 'bytes'"):
+        _verdict("bytes=5")  # a reported figure has no target to override
+
+
+def _scenario(name, rate, ratio, p99, statuses, appendfsync="everysec", socket_errors=0) -> dict:
     return {
+        "scenario": name,
         "requests_per_second": rate,
         "p50_ms": 1.0,
         "p99_ms": p99,
+        "statuses": statuses,
+        "socket_errors": socket_errors,
         "ratio": ratio,
-        "floor": floor,
-        "statuses": {},
-        "socket_errors": 0,
-        "unexpected_statuses": {},
+        "expected_status": {"limited": 429, "sold_out": 409, "admit": 202}[name],
+        "floor": {"requests_per_second": round(rate / ratio)},
+        "round_ratios": [ratio, ratio, ratio],
+        "durability": {"redis": {"appendonly": "yes", "appendfsync": appendfsync}},
     }
 
 
-def test_a_ratio_more_than_thirty_percent_below_the_baseline_is_a_regression():
-    baseline = {"limited": {"ratio": 0.5}, "admit": {"ratio": 0.1}}
-    results = {"limited": _result(1000, 0.36, 5), "admit": _result(1000, 0.071, 5)}
-    assert regressions(results, baseline) == []  # 72 % and 71 % of the baseline: within 30 %
-    results["limited"] = _result(1000, 0.34, 5)
-    assert regressions(results, baseline) == ["limited: ratio 0.34 < 70% of 0.5"]
+def _missed(verdict: Verdict) -> list[tuple[str, float, str]]:
+    return [(check["target"], check["measured"], check["where"]) for check in verdict.missed()]
 
 
-def test_the_report_names_every_target_missed(capsys):
-    results = {
-        "limited": _result(9000, 0.85, 25),
-        "sold_out": _result(9000, 0.81, 10),
-        "admit": _result(7000, 0.3, 40),
-    }
-    assert report(results) == ["limited: p99 25.0 ms > 20"]
-    results["admit"] = _result(1500, 0.06, 190)
-    assert report(results)[1:] == ["admit: 1,500 req/s < 6,500", "admit: p99 190.0 ms > 50"]
-    assert "admit" in capsys.readouterr().out
+def test_the_paths_count_only_their_own_status_and_hold_ratio_rate_and_p99():
+    from bench.paths import TARGETS, judge
 
-
-def _drop(confirmed=5000, orders=None, admitted=5000, terminal=0.2, p99=30.0) -> dict:
-    return {
-        "orders": orders or {"confirmed": confirmed},
-        "admitted": admitted,
-        "terminal_after_seconds": terminal,
-        "p99_ms": p99,
-    }
-
-
-def test_the_drop_is_judged_on_exact_stock_every_202_terminal_in_time_and_p99():
-    from bench.drop import verdict
-
-    assert verdict(_drop(), stock=5000) == []
-    assert verdict(_drop(confirmed=4999, admitted=4999), stock=5000) == ["4999 confirmed, not exactly 5000"]
-    missed = verdict(_drop(orders={"confirmed": 5000}, admitted=5010, terminal=6.5, p99=51), stock=5000)
-    assert missed == [
-        "5000 orders for 5010 202s",
-        "last order terminal 6.5 s after the load",
-        "p99 51.0 ms > 50",
+    verdict = Verdict("paths", TARGETS)
+    judge(
+        [
+            _scenario("limited", 20_000, 0.85, 7.0, {429: 60_000, 202: 3}),
+            _scenario("sold_out", 18_000, 0.79, 21.0, {409: 50_000}),
+            _scenario("admit", 8_000, 0.36, 15.0, {202: 24_000}, socket_errors=2),
+            _scenario("admit", 6_499, 0.3, 60.0, {202: 19_000}, appendfsync="always"),
+        ],
+        verdict,
+    )
+    assert _missed(verdict) == [
+        ("limited.other", 3, "Redis AOF everysec"),
+        ("sold_out.ratio", 0.79, "Redis AOF everysec"),
+        ("sold_out.p99", 21.0, "Redis AOF everysec"),
+        ("admit.other", 2, "Redis AOF everysec"),
+        ("admit.rate", 6_499, "Redis AOF always"),
+        ("admit.p99", 60.0, "Redis AOF always"),
     ]
+    assert len(verdict.checks) == 12  # three targets per scenario and fsync policy
+
+
+def _drop(confirmed=5000, orders=None, statuses=None, terminal=0.2, p99=30.0, socket_errors=0) -> dict:
+    return {
+        "durability": {"redis": {"appendonly": "yes", "appendfsync": "always"}},
+        "requests": 200_000,
+        "seconds": 18.0,
+        "requests_per_second": 11_111,
+        "p99_ms": p99,
+        "statuses": statuses or {202: 5000, 409: 195_000},
+        "socket_errors": socket_errors,
+        "orders": orders or {"confirmed": confirmed},
+        "terminal_after_seconds": terminal,
+    }
+
+
+def test_the_drop_is_judged_on_exact_stock_every_202_decided_in_time_p99_and_no_errors():
+    from bench.drop import TARGETS, judge
+
+    verdict = Verdict("drop", TARGETS)
+    judge(_drop(), 5000, verdict)
+    assert verdict.missed() == []
+    verdict = Verdict("drop", TARGETS)
+    judge(_drop(confirmed=4999, statuses={202: 4999, 409: 195_000, 500: 1}), 5000, verdict)
+    assert [(target, measured) for target, measured, _ in _missed(verdict)] == [
+        ("confirmed", -1),
+        ("errors", 1),
+    ]
+    verdict = Verdict("drop", TARGETS)
+    late = _drop(orders={"confirmed": 5000}, statuses={202: 5010}, terminal=120.4, p99=51, socket_errors=3)
+    judge(late, 5000, verdict)
+    assert [(target, measured) for target, measured, _ in _missed(verdict)] == [
+        ("undecided", 10),
+        ("terminal", 120.4),
+        ("p99", 51),
+        ("errors", 3),
+    ]
+
+
+def _workers(*runs: tuple[int, int, int]) -> list[dict]:
+    return [
+        {n: {"confirmed_per_second": rate} for n, rate in zip((1, 2, 4), run, strict=True)} for run in runs
+    ]
+
+
+def test_workers_hold_a_floor_with_four_and_more_workers_are_never_slower_in_any_run():
+    from bench.workers import TARGETS, judge
+
+    verdict = Verdict("workers", TARGETS)
+    judge(_workers((6_010, 9_565, 10_253), (5_749, 9_271, 9_283)), WHERE, verdict)
+    assert verdict.missed() == []
+    assert verdict.checks[0]["measured"] == 9_283  # the slowest run's four workers
+    assert verdict.checks[1]["detail"] == "run 2 of 2: 2 → 4 workers, 9,271 → 9,283"
+    verdict = Verdict("workers", TARGETS)
+    judge(_workers((4_035, 5_193, 4_670), (3_000, 2_999, 3_100)), WHERE, verdict)
+    assert [(target, measured) for target, measured, _ in _missed(verdict)] == [
+        ("more_never_slower", -523),  # the worst step of all runs: 5,193 → 4,670
+    ]
+    verdict = Verdict("workers", TARGETS)
+    judge(_workers((1_000, 2_000, 2_699)), WHERE, verdict)
+    assert [target for target, _, _ in _missed(verdict)] == ["four"]
 
 
 def test_api_memory_is_flat_when_the_last_minute_is_within_ten_percent_of_the_first():
@@ -67,6 +180,124 @@ def test_api_memory_is_flat_when_the_last_minute_is_within_ten_percent_of_the_fi
     grown = [(i * 5, [100, 230]) for i in range(per_minute)]
     assert rss_change({"rss": steady + steady}) == [0.0, 0.0]
     assert rss_change({"rss": steady + grown}) == [0.0, 0.15]
+
+
+def _memory(bucket_ttl_ms=900, job_ttl_ms=599_000, without_ttl=0, left=0, grown=0) -> dict:
+    from bench.memory import SAMPLE_EVERY_SECONDS
+
+    per_minute = 60 // SAMPLE_EVERY_SECONDS
+    first = [(i * 5, [100, 200]) for i in range(per_minute)]
+    last = [(60 + i * 5, [100, 200 + grown]) for i in range(per_minute)]
+    return {
+        "durability": {"redis": {"appendonly": "yes", "appendfsync": "always"}},
+        "minutes": 2,
+        "statuses": {202: 10_000, 409: 100_000},
+        "rss": first + last,
+        "buckets": {"keys": 50, "mean_bytes": 136, "ttl_ms_max": bucket_ttl_ms, "without_ttl": without_ttl},
+        "finished_order_jobs": {
+            "keys": 10_000,
+            "mean_bytes": 1_696,
+            "ttl_ms_max": job_ttl_ms,
+            "without_ttl": 0,
+        },
+        "buckets_left_after_idle_seconds": [1.9, left],
+        "pending_left": 0,
+    }
+
+
+def test_memory_reports_bytes_and_holds_expiry_and_flat_api_memory():
+    from bench.memory import TARGETS, judge
+
+    verdict = Verdict("memory", TARGETS)
+    judge(_memory(), verdict)
+    assert verdict.missed() == []
+    assert [(c["target"], c["measured"], c["met"]) for c in verdict.checks[:2]] == [
+        ("bucket_bytes", 136, None),
+        ("order_bytes", 1_696, None),
+    ]
+    verdict = Verdict("memory", TARGETS)
+    judge(_memory(job_ttl_ms=601_000, without_ttl=2, left=3, grown=30), verdict)
+    assert [(target, measured) for target, measured, _ in _missed(verdict)] == [
+        ("without_ttl", 2),
+        ("buckets_left", 3),
+        ("order_ttl", 601),
+        ("rss", 15.0),
+    ]
+    replaced = _memory(grown=30)
+    replaced["rss"][-1][1][0] = None  # the first API process was gone at the last sample
+    verdict = Verdict("memory", TARGETS)
+    judge(replaced, verdict)
+    assert [target for target, _, _ in _missed(verdict)] == ["replaced", "rss"]
+
+
+def test_the_limiter_reports_its_rates_and_holds_the_deny_cache_s_gain_and_the_statuses():
+    from bench.limiter import TARGETS, judge
+
+    def path(ratio, statuses, other=0):
+        return {"requests_per_second": 1000, "floor_requests_per_second": 2000, "ratio": ratio,
+                "statuses": statuses, "other": other}  # fmt: skip
+
+    decisions = {"plain": 7_616, "pipelined_16": 13_889, "pipelined_500": 22_589, "redis_benchmark": 31_358}
+    redis = {"redis": {"appendonly": "yes", "appendfsync": "always"}}
+    figures = {
+        "decisions": [{"durability": redis, **decisions}],
+        "http": {
+            "durability": redis,
+            "cached": path(0.9, {429: 1000}),
+            "uncached": path(0.34, {429: 900, 202: 1}, other=1),
+            "sold_out": path(0.7, {409: 1000}),
+        },
+    }
+    verdict = Verdict("limiter", TARGETS)
+    judge(figures, verdict)
+    assert _missed(verdict) == [("other", 1, "Redis AOF always")]
+    figures["http"]["cached"]["ratio"] = 0.3
+    verdict = Verdict("limiter", TARGETS)
+    judge(figures, verdict)
+    assert [target for target, _, _ in _missed(verdict)] == ["deny_cache_gain", "other"]
+
+
+def _published(folder, name: str, met: bool) -> None:
+    folder.mkdir(exist_ok=True)
+    verdict = Verdict(name, (Target("rate", "req/s | all", AT_LEAST, 6_500, "#7"), Target("bytes", "bytes")))
+    verdict.check("rate", 8_660 if met else 6_000, WHERE, "0.36 x floor 24,279")
+    verdict.check("bytes", 136, "Redis AOF always")
+    run = {"benchmark": name, "command": f"python -m bench.{name} --publish", "machine": verdict.machine}
+    (folder / f"{name}.json").write_text(json.dumps({**run, "checks": verdict.checks, "figures": {}}))
+
+
+def test_the_readme_blocks_are_rendered_from_the_published_results(tmp_path):
+    _published(tmp_path, "paths", met=True)
+    _published(tmp_path, "drop", met=False)
+    (tmp_path / "drop-always.png").write_bytes(b"")
+    readme = "# x\n\n<!-- bench:begin paths drop workers -->\nhand-typed figures\n<!-- bench:end -->\nafter\n"
+    rendered = report.render_readme(readme, tmp_path)
+    assert rendered.startswith(
+        "# x\n\n<!-- bench:begin paths drop workers -->\n`python -m bench.paths --publish` on "
+    )
+    assert rendered.endswith("<!-- bench:end -->\nafter\n")
+    assert "hand-typed" not in rendered
+    assert f"| req/s \\| all ≥ 6,500 (#7) | {WHERE} | **8,660** (0.36 x floor 24,279) | met |" in rendered
+    assert (
+        "| req/s \\| all ≥ 6,500 (#7) | " + WHERE + " | **6,000** (0.36 x floor 24,279) | MISSED |"
+        in rendered
+    )
+    assert "| bytes | Redis AOF always | **136** | reported |" in rendered
+    assert f"![drop, always]({tmp_path}/drop-always.png)" in rendered
+    assert (
+        f"`python -m bench.workers`: nothing published yet (`make bench` writes `{tmp_path}/workers.json`)"
+        in rendered
+    )
+    assert report.render_readme(rendered, tmp_path) == rendered
+
+
+def test_the_readme_s_benchmark_tables_are_what_docs_benchmarks_renders():
+    readme = report.README.read_text()
+    assert report.BLOCK.search(readme), "README.md has lost its <!-- bench:begin … --> markers"
+    assert report.render_readme(readme) == readme, (
+        "README.md's benchmark tables differ from docs/benchmarks/*.json: never edit them by hand;"
+        " `python -m bench.report` renders them (make bench runs it)"
+    )
 
 
 def _soak(**changes) -> dict:
