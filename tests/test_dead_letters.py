@@ -13,7 +13,7 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from db.migrate import migrate
+from db.migrate import migrate, wait_for_server
 from db.seed import seed
 from db.session import make_engine
 from service.app import create_app
@@ -188,6 +188,7 @@ def test_orders_dead_lettered_while_postgresql_is_down_wait_queued_and_are_confi
             assert _gate(redis) == 7 and redis.zcard(ADMITTED_KEY) == 3, "their units stay held"
 
             stoppable_postgres.start()
+            wait_for_server(database_url, timeout=30)  # its port opens before it takes connections
             assert reconcile(redis, engine) == [] and _gate(redis) == 7, "held units are not handed out"
             assert registry.count == 3, "reconciled while the dead letters still waited for the sweep"
             views = wait_all_terminal(system.url, order_ids, timeout=60)
