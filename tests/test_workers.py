@@ -1,56 +1,54 @@
-"""Workers under pressure: a hot row, and a worker killed in the middle of a job."""
+"""Workers under pressure on the production path: orders admitted by lua/admit.lua (their
+jobs, and the product's pending list that batches claim), a hot row, and workers killed or
+stopped in the middle of a job."""
 
 import signal
-import uuid
-from datetime import UTC, datetime
 
 import pytest
 from rq import Worker
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.suspension import resume, suspend
 from sqlalchemy import text
 
-from db.orders import AdmittedOrder
 from db.seed import seed
 from service.throwaway import wait_until
+from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state, status_counts
-from worker.queue import enqueue_order, order_queue
+from worker.queue import ADMITTED_KEY, order_queue, pending_key
 
 pytestmark = pytest.mark.slow
 
 
-def _enqueue(redis, count, quantity=1):
-    queue = order_queue(redis)
-    orders = [
-        AdmittedOrder(uuid.uuid4(), 1, quantity, f"10.9.{i // 256}.{i % 256}", datetime.now(UTC))
-        for i in range(count)
-    ]
-    for order in orders:
-        enqueue_order(queue, order, job_timeout=3)
-    return [str(order.order_id) for order in orders]
-
-
-def test_eight_workers_drain_two_thousand_orders_on_one_hot_row(system, fresh_db, redis):
+def test_eight_workers_drain_two_thousand_orders_on_one_hot_row(system, fresh_db, redis, settings):
     seed(fresh_db, redis, stock=10_000)
     stock_before, version_before = product_state(fresh_db)
     system.start_workers(8)
-    order_ids = _enqueue(redis, 2000)
+    order_ids = admit_orders(settings, 2000)  # admitted while the workers run, as in a sale
 
     wait_until(lambda: len(order_rows(fresh_db)) == 2000, 120, "2,000 decided orders", interval=0.5)
     assert status_counts(fresh_db) == {("confirmed", None): 2000}
     assert set(order_rows(fresh_db)) == set(order_ids)
-    assert product_state(fresh_db) == (stock_before - 2000, version_before + 2000)
-    assert FailedJobRegistry(queue=order_queue(redis)).count == 0
+    stock, version = product_state(fresh_db)
+    assert stock == stock_before - 2000
+    # One version bump per batch: orders admitted behind a running job went in its batch.
+    assert version_before < version < version_before + 2000, (version_before, version)
+    queue = order_queue(redis)
+    finished = FinishedJobRegistry(queue=queue)
+    wait_until(lambda: finished.count == 2000, 60, "every order's own job finished", interval=0.5)
+    assert FailedJobRegistry(queue=queue).count == 0
+    assert redis.zcard(ADMITTED_KEY) == 0 and redis.llen(pending_key(1)) == 0
+    ran = [worker.successful_job_count for worker in Worker.all(queue=queue)]
+    assert len(ran) == 8 and min(ran) > 0 and sum(ran) == 2000, f"jobs run by each worker: {ran}"
 
 
-def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, fresh_db, redis):
+def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, fresh_db, settings):
     system.start_workers(3)
     stock_before, _ = product_state(fresh_db)
     # Hold the product row so every worker is stuck inside its optimistic-lock UPDATE.
     blocker = fresh_db.connect()
     blocker_tx = blocker.begin()
     blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
-    order_ids = _enqueue(redis, 60)
+    order_ids = admit_orders(settings, 60)
     try:
         system.kill_worker(system.busy_worker(20))  # the whole pod: worker and its scheduler
     finally:
@@ -64,13 +62,13 @@ def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, f
     assert product_state(fresh_db)[0] == stock_before - 60
 
 
-def test_sigterm_lets_a_busy_worker_finish_its_order_and_take_no_other(system, fresh_db, redis):
-    system.start_workers(1)
-    (process,) = system.workers
+def test_sigterm_lets_a_busy_worker_finish_its_batch_and_take_no_other_job(system, fresh_db, redis, settings):
+    order_ids = admit_orders(settings, 5)  # before any worker: the first job claims the other four
     blocker = fresh_db.connect()
     blocker_tx = blocker.begin()
     blocker.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
-    _enqueue(redis, 5)
+    system.start_workers(1)
+    (process,) = system.workers
     try:
         system.busy_worker(20)
         process.send_signal(signal.SIGTERM)
@@ -78,11 +76,11 @@ def test_sigterm_lets_a_busy_worker_finish_its_order_and_take_no_other(system, f
         blocker_tx.rollback()
         blocker.close()
     assert process.wait(30) == 0
-    assert len(order_rows(fresh_db)) == 1, "the order in hand was finished"
-    assert order_queue(redis).count == 4, "the others wait, queued, for the next worker"
+    assert set(order_rows(fresh_db)) == set(order_ids), "the batch in hand was finished"
+    assert order_queue(redis).count == 4, "the other jobs wait, queued, for the next worker"
 
 
-def test_rq_suspend_holds_an_idle_worker_alive_until_resume(system, fresh_db, redis, tmp_path):
+def test_rq_suspend_holds_an_idle_worker_alive_until_resume(system, fresh_db, redis, settings, tmp_path):
     """RQ itself looks at a suspension only between jobs, so an idle worker would still take
     the next one; ours holds idle too, beating its liveness file, and works again on resume."""
     heartbeat = tmp_path / "heartbeat"
@@ -97,7 +95,7 @@ def test_rq_suspend_holds_an_idle_worker_alive_until_resume(system, fresh_db, re
     wait_until(lambda: state() == "idle", 30, "the worker waiting for a job")
     suspend(redis)
     wait_until(lambda: state() == "suspended", 10, "the idle worker held")
-    order_ids = _enqueue(redis, 5)
+    order_ids = admit_orders(settings, 5)
     # Three turns of its loop (FLASHSALE_WORKER_MAINTENANCE_INTERVAL is 1 s here): time enough
     # to take a job, were it not held; all the while it stays alive for its probe.
     beat = heartbeat.stat().st_mtime
