@@ -1,11 +1,16 @@
-"""lua/admit.lua through service/admission.py on a real Redis, and the jobs it writes on a real RQ worker."""
+"""lua/admit.lua through service/admission.py on a real Redis, and the jobs it writes on RQ's own worker."""
 
 import asyncio
 import json
+import re
 import uuid
+import zlib
+from datetime import datetime
 
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
 
 from db.orders import AdmittedOrder
 from service.admission import Decision, admit
@@ -13,9 +18,11 @@ from service.identity import ClientIdentity
 from service.resources import close_resources, open_resources
 from service.stock_gate import gate_key, set_gate
 from service.throwaway import free_port
+from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state
-from worker.queue import enqueue_order, order_job_id, order_queue
-from worker.runner import OrderWorker
+from tests.support.enqueue import enqueue_order
+from worker.jobs import DECIDED_EARLIER
+from worker.queue import ADMITTED_KEY, job_key, order_job_id, order_queue
 
 
 def _client(ip="203.0.113.7", customer=None):
@@ -115,54 +122,60 @@ def test_an_idempotency_key_returns_the_first_order_and_makes_no_second(settings
     assert len(ttls) == 2 and all(23 * 3600 < ttl <= 24 * 3600 for ttl in ttls)
 
 
-def test_admit_writes_the_same_job_rq_itself_would(settings, redis):
+RQ_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+"""How RQ writes a job's times (rq.utils.utcformat)."""
+
+
+def test_admit_writes_the_job_hash_rq_itself_writes(settings, redis):
+    """RQ's own enqueue of the same job (its id, arguments, options and drawn retry waits)
+    writes the same hash, field for field, but that admit.lua leaves the call data uncompressed
+    (RQ reads both) and stamps the admission's time instead of the enqueue's."""
     set_gate(redis, 1, 10)
 
     async def body(resources):
         return await _admit(resources)
 
     admission = _run(settings, body)
-    ours = Job.fetch(
-        order_job_id(admission.order_id), connection=redis, serializer=order_queue(redis).serializer
+    queue = order_queue(redis)
+    ours = redis.hgetall(job_key(admission.order_id))
+    job = Job.fetch(order_job_id(admission.order_id), connection=redis, serializer=queue.serializer)
+    order_id, product_id, quantity, client_id, admitted_at = job.args
+    order = AdmittedOrder(
+        uuid.UUID(order_id), product_id, quantity, client_id, datetime.fromisoformat(admitted_at)
     )
-    same_order = AdmittedOrder(uuid.uuid4(), 1, 1, "203.0.113.7", ours.enqueued_at)
-    theirs = enqueue_order(order_queue(redis), same_order, settings.job_timeout_seconds)
-    mine, rqs = redis.hgetall(ours.key), redis.hgetall(theirs.key)
-    assert set(mine) == set(rqs), "same fields as RQ's own enqueue"
-    for field in set(mine) - {b"data", b"created_at", b"enqueued_at", b"description", b"retry_intervals"}:
-        assert mine[field] == rqs[field], field
-    jittered, plain = json.loads(mine[b"retry_intervals"]), json.loads(rqs[b"retry_intervals"])
-    assert len(jittered) == len(plain) and jittered[0] == plain[0] == 0
-    assert all(0.5 * base - 1 <= wait <= 1.5 * base + 1 for wait, base in zip(jittered, plain, strict=True))
-    assert ours.func_name == theirs.func_name and ours.args[1:3] == [1, 1]
-    assert (ours.timeout, ours.retries_left, ours.result_ttl, ours.failure_ttl) == (
-        theirs.timeout,
-        theirs.retries_left,
-        theirs.result_ttl,
-        theirs.failure_ttl,
-    )
+    redis.delete(job.key)  # RQ enqueues a job id only once
+    rqs = redis.hgetall(enqueue_order(queue, order, settings.job_timeout_seconds, job.retry_intervals).key)
+
+    assert set(ours) == set(rqs), "the same fields"
+    assert ours[b"data"] == zlib.decompress(rqs[b"data"])
+    times = (b"created_at", b"enqueued_at")
+    stamps = [fields[time].decode() for fields in (ours, rqs) for time in times]
+    assert [stamp for stamp in stamps if not RQ_TIMESTAMP.fullmatch(stamp)] == [], "as RQ writes times"
+    assert {f: v for f, v in ours.items() if f not in (b"data", *times)} == {
+        f: v for f, v in rqs.items() if f not in (b"data", *times)
+    }
+    waits = json.loads(ours[b"retry_intervals"])
+    base = settings.job_retry_backoff_seconds
+    assert len(waits) == len(base) and waits[0] == base[0] == 0
+    assert all(0.5 * b - 1 <= wait <= 1.5 * b + 1 for wait, b in zip(waits, base, strict=True)), "jittered"
 
 
-def test_a_stock_rq_worker_runs_the_jobs_admit_writes(settings, redis, fresh_db, monkeypatch):
-    for name, value in (
-        ("FLASHSALE_REDIS_URL", settings.redis_url),
-        ("FLASHSALE_DATABASE_URL", settings.database_url),
-    ):
-        monkeypatch.setenv(name, value)
-    from service.settings import get_settings
+def test_rqs_own_simple_worker_runs_the_jobs_admit_writes(settings, redis, fresh_db, worker_env):
+    """``rq.worker.SimpleWorker`` as shipped, with RQ's JSON serializer: no class of ours. The
+    first job decides its order and the four admitted behind it; theirs find them decided."""
+    worker_env()
+    admitted = admit_orders(settings, 5)
+    queue = order_queue(redis)
+    SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
 
-    get_settings.cache_clear()
-
-    async def body(resources):
-        return [await _admit(resources, _client(f"10.1.0.{i}")) for i in range(5)]
-
-    admitted = [a.order_id for a in _run(settings, body)]
-    worker = OrderWorker([order_queue(redis)], connection=redis, serializer=order_queue(redis).serializer)
-    worker.work(burst=True)
-    get_settings.cache_clear()
     assert set(order_rows(fresh_db)) == set(admitted)
     assert product_state(fresh_db)[0] == 95
-    assert FailedJobRegistry(queue=order_queue(redis)).count == 0
+    jobs = [Job.fetch(order_job_id(o), connection=redis, serializer=JSONSerializer) for o in admitted]
+    assert [job.get_status() for job in jobs] == [JobStatus.FINISHED] * 5
+    assert [job.return_value() for job in jobs] == [{"status": "confirmed", "reason": None}] + [
+        {"status": DECIDED_EARLIER, "reason": None}
+    ] * 4
+    assert FailedJobRegistry(queue=queue).count == 0 and redis.zcard(ADMITTED_KEY) == 0
 
 
 def test_a_batch_decides_its_mates_at_once_and_their_own_jobs_touch_no_database(
@@ -173,7 +186,6 @@ def test_a_batch_decides_its_mates_at_once_and_their_own_jobs_touch_no_database(
     from litestar.testing import TestClient
 
     from service.app import create_app
-    from worker.jobs import DECIDED_EARLIER
 
     async def body(resources):
         return [await _admit(resources, _client(f"10.2.0.{i}")) for i in range(4)]

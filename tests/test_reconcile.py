@@ -23,8 +23,9 @@ from service.throwaway import wait_until
 from tests.support.admitting import admit_orders, try_to_admit
 from tests.support.cli import run_cli
 from tests.support.database import product_state, status_counts
+from tests.support.enqueue import enqueue_order
 from tests.support.invariants import assert_invariants
-from worker.queue import ADMITTED_KEY, FAILURE_TTL_SECONDS, enqueue_order, order_job_id, order_queue
+from worker.queue import ADMITTED_KEY, FAILURE_TTL_SECONDS, order_job_id, order_queue
 from worker.reconcile import reconcile
 
 

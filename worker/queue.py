@@ -18,8 +18,6 @@ from rq.serializers import JSONSerializer
 
 from db.orders import AdmittedOrder
 from service.auto_pipeline import PackedArgs
-from service.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS
-from service.tracing import trace_carrier
 
 QUEUE_NAME = "orders"
 ADMITTED_KEY = "fs:admitted"
@@ -109,36 +107,13 @@ def _description(order: AdmittedOrder) -> str:
     return f"order {order.order_id}"  # RQ logs this; keep client addresses out
 
 
-def enqueue_order(
-    queue: Queue,
-    order: AdmittedOrder,
-    job_timeout: int,
-    retry_backoff: Sequence[int] = DEFAULT_JOB_RETRY_BACKOFF_SECONDS,
-) -> Job:
-    """Enqueue through RQ itself (tests and tools; the API writes jobs in lua/admit.lua), and
-    record the order in ``fs:admitted`` as admit.lua does: a job whose order is not there was
-    decided already, and its worker skips it."""
-    admitted_ms = int(order.admitted_at.timestamp() * 1000)
-    queue.connection.zadd(ADMITTED_KEY, {order_job_id(str(order.order_id)): admitted_ms})
-    return queue.enqueue_call(
-        JOB_FUNCTION,
-        args=job_arguments(order),
-        meta=trace_carrier() or None,
-        job_id=order_job_id(str(order.order_id)),
-        unique=True,
-        timeout=job_timeout,
-        description=_description(order),
-        **job_options(retry_backoff),
-    )
-
-
 class OrderJobFields:
     """An order job's hash in RQ's own format, for lua/admit.lua to write.
 
     Built once from a job RQ creates itself, so every constant field (callbacks, retries,
-    TTLs, origin, timeout, status) is what ``enqueue_order`` would store; per order only the
+    TTLs, origin, timeout, status) is what RQ's own enqueue would store; per order only the
     call data, the timestamps and the description change. ``tests/test_admission.py`` runs
-    such jobs on a real RQ worker and compares them with RQ's own, so an RQ upgrade that
+    such jobs on RQ's own worker and compares them with RQ's own, so an RQ upgrade that
     changes the format fails there.
     """
 
