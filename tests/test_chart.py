@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import kubernetes_validate
 import pytest
@@ -150,8 +151,11 @@ def test_monitors_follow_the_prometheus_operator_unless_asked(served, monitors):
 
 
 def test_keda_reads_the_undecided_orders_from_the_api_by_its_cluster_wide_name():
-    keda = _by_kind(objects(_served(KEDA)), "ScaledObject")["flashsale-worker"]["spec"]
+    (only,) = _by_kind(objects(_served(KEDA)), "ScaledObject")["flashsale-worker"]["spec"]["triggers"]
+    aged = _served(KEDA) | {"worker": {"autoscaling": {"oldestOrderAgeSeconds": 30}}}
+    keda = _by_kind(objects(aged), "ScaledObject")["flashsale-worker"]["spec"]
     orders, age = keda["triggers"]
+    assert only == orders, "the age trigger is off unless asked for"
     # KEDA's operator resolves names from its own namespace: only <svc>.<namespace>.svc works.
     url = "http://flashsale-api.flashsale.svc:80/backlog"
     assert orders == {
@@ -166,13 +170,12 @@ def test_keda_reads_the_undecided_orders_from_the_api_by_its_cluster_wide_name()
     }
     assert age["metricType"] == "Value" and age["metadata"]["url"] == url
     assert age["metadata"]["valueLocation"] == "oldest_age_seconds"
+    assert age["metadata"]["targetValue"] == "30"
     assert keda["scaleTargetRef"] == {"name": "flashsale-worker"}
-    no_age = objects(_served(KEDA) | {"worker": {"autoscaling": {"oldestOrderAgeSeconds": 0}}})
-    assert len(_by_kind(no_age, "ScaledObject")["flashsale-worker"]["spec"]["triggers"]) == 1
 
 
 def test_the_external_hpa_reads_the_undecided_orders_and_their_age():
-    external = objects(_served(EXTERNAL_METRICS))
+    external = objects(_served(EXTERNAL_METRICS) | {"worker": {"autoscaling": {"oldestOrderAgeSeconds": 5}}})
     orders, age = _by_kind(external, "HorizontalPodAutoscaler")["flashsale-worker"]["spec"]["metrics"]
     assert orders["external"]["metric"]["name"] == "flashsale_orders_undecided"
     assert orders["external"]["target"] == {"type": "AverageValue", "averageValue": "2000"}
@@ -187,10 +190,11 @@ def test_the_signal_names_match_what_the_api_serves():
 
     from service.backlog import Backlog
 
-    keda = _by_kind(objects(_served(KEDA)), "ScaledObject")["flashsale-worker"]["spec"]
+    aged = {"worker": {"autoscaling": {"oldestOrderAgeSeconds": 5}}}
+    keda = _by_kind(objects(_served(KEDA) | aged), "ScaledObject")["flashsale-worker"]["spec"]
     fields = {trigger["metadata"]["valueLocation"] for trigger in keda["triggers"]}
     assert fields == {f.name for f in msgspec.structs.fields(Backlog)}
-    hpa = _by_kind(objects(_served(EXTERNAL_METRICS)), "HorizontalPodAutoscaler")["flashsale-worker"]
+    hpa = _by_kind(objects(_served(EXTERNAL_METRICS) | aged), "HorizontalPodAutoscaler")["flashsale-worker"]
     served = {metric.name for metric in REGISTRY.collect()}
     for metric in hpa["spec"]["metrics"]:
         assert metric["external"]["metric"]["name"] in served
@@ -375,7 +379,10 @@ def test_secret_values_reach_pods_only_through_secret_key_refs(values):
     for name, spec in _pod_specs(rendered).items():
         for container in spec["containers"]:
             for env in container.get("env", []):
-                if env["name"] in SECRET_ENV:
+                if env["name"] in SECRET_ENV and "value" in env:
+                    # Only a URL that holds no secret may be plain: the in-chart database's.
+                    assert not urlsplit(env["value"]).password, (name, env)
+                elif env["name"] in SECRET_ENV:
                     assert set(env) == {"name", "valueFrom"} and "secretKeyRef" in env["valueFrom"], (
                         name,
                         env,
@@ -395,10 +402,7 @@ def test_the_in_chart_stores_get_passwords_drawn_once_and_kept():
     # One draw per render: the server's password and the apps' URL agree.
     assert urls["redis-url"] == f"redis://:{redis_password}@flashsale-redis.flashsale.svc:6379/0"
     assert postgres_password not in str(urls), "the apps get PGPASSWORD, not a URL with it"
-    assert (
-        urls["database-url"]
-        == "postgresql+psycopg2://flashsale@flashsale-postgresql.flashsale.svc:5432/flashsale"
-    )
+    assert "database-url" not in urls, "the in-chart database's URL holds no secret: a plain env value"
     for name in ("flashsale-redis", "flashsale-postgresql"):
         secret = _by_kind(rendered, "Secret")[name]
         assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", "volumes outlive it"
@@ -419,8 +423,6 @@ def test_a_password_becomes_part_of_a_url_only_percent_encoded():
     assert urls["redis-url"] == (
         "redis://:p%40ss%20word%2F%2B%3A%25%3F%23@flashsale-redis.flashsale.svc:6379/0"
     )
-    from urllib.parse import unquote, urlsplit
-
     assert unquote(urlsplit(urls["redis-url"]).password) == awkward
 
 
@@ -431,7 +433,7 @@ def test_existing_secrets_hold_the_passwords_and_the_chart_writes_none():
     }
     rendered = objects(values)
     assert not {"flashsale-redis", "flashsale-postgresql"} & set(_by_kind(rendered, "Secret"))
-    assert "redis-url" not in _secret_data(rendered, "flashsale-urls")
+    assert "flashsale-urls" not in _by_kind(rendered, "Secret"), "no URL holds a secret the chart knows"
     env = {e["name"]: e for e in _container(rendered, "flashsale-api")["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "sale-redis", "key": "pw"}
     # Kubernetes expands $(REDIS_PASSWORD), defined before it, into the URL.
@@ -486,7 +488,16 @@ def test_redis_is_sized_for_a_drop_of_the_configured_orders():
     assert maxmemory_mb * 2**20 >= 100_000 * 7_000, "a drop of 100,000 orders at the documented bytes each"
     redis = _by_kind(rendered, "StatefulSet")["flashsale-redis"]["spec"]["template"]["spec"]["containers"][0]
     limit_mi = int(redis["resources"]["limits"]["memory"].removesuffix("Mi"))
-    assert limit_mi > maxmemory_mb, "the kernel must not kill Redis before maxmemory refuses writes"
+    assert limit_mi >= maxmemory_mb + maxmemory_mb // 2, (
+        "the kernel must not kill Redis before maxmemory refuses writes"
+    )
+    assert redis["resources"]["requests"]["memory"] == redis["resources"]["limits"]["memory"], "evicted last"
+    (claim,) = _by_kind(rendered, "StatefulSet")["flashsale-redis"]["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{3 * maxmemory_mb}Mi", "AOF and its rewrite"
+    with pytest.raises(Exception, match=r"redis\.resources\.limits\.memory 256Mi is below"):
+        objects({"redis": {"resources": {"limits": {"memory": "256Mi"}}}})
+    with pytest.raises(Exception, match="give it in Mi or Gi"):
+        objects({"redis": {"resources": {"limits": {"memory": "1.5G"}}}})
     small = objects({"redis": {"capacity": {"orders": 1000}}})
     conf = _by_kind(small, "ConfigMap")["flashsale-redis"]["data"]["redis.conf"]
     assert "maxmemory 70mb" in conf
@@ -513,9 +524,10 @@ def test_postgresql_holds_every_pool_at_the_autoscaling_maximums():
     api_pool = make_engine("postgresql+psycopg2://u@h/d").pool
     assert api_pool.size() + api_pool._max_overflow == 10
     values = {"api": {"autoscaling": {"maxReplicas": 30}}, "worker": {"autoscaling": {"maxReplicas": 40}}}
-    needed = 30 * 10 + 40 * 4 + 4 + 3  # API pods, workers, hooks, superuser slots
+    # API pods and workers with a rollout's 25 % surge, hooks, superuser slots.
+    needed = (30 + 8) * 10 + (40 + 10) * 4 + 4 + 3
     assert _max_connections(objects(values)) >= needed
-    assert _max_connections(objects({})) >= 10 * 10 + 10 * 4 + 4 + 3
+    assert _max_connections(objects({})) >= (10 + 3) * 10 + (10 + 3) * 4 + 4 + 3
     with pytest.raises(Exception, match="max_connections 100 cannot hold"):
         objects(values | {"postgresql": {"maxConnections": 100}})
     external = {
@@ -523,6 +535,35 @@ def test_postgresql_holds_every_pool_at_the_autoscaling_maximums():
     }
     with pytest.raises(Exception, match="max_connections 50 cannot hold"):
         objects(external)
+
+
+# What the chart released before the passwords (c269fd2) wrote into its Secrets: a pre-upgrade
+# hook runs before this release's Secrets are applied, so it may only read these.
+PREVIOUS_SECRET_KEYS = {"flashsale-urls": {"redis-url"}, "flashsale-postgresql": {"password", "database-url"}}
+
+
+def test_the_pre_upgrade_migration_reads_only_what_the_previous_release_wrote():
+    rendered = objects({}, upgrade=True)
+    migrate = _by_kind(rendered, "Job")["flashsale-migrate"]
+    assert "pre-upgrade" in migrate["metadata"]["annotations"]["helm.sh/hook"]
+    refs = [
+        env["valueFrom"]["secretKeyRef"]
+        for env in migrate["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "secretKeyRef" in env.get("valueFrom", {})
+    ]
+    assert refs, "the hook does read Secrets"
+    for ref in refs:
+        assert ref["key"] in PREVIOUS_SECRET_KEYS.get(ref["name"], set()), ref
+
+
+def test_values_that_cannot_work_together_are_refused_at_render():
+    for values, reason in [
+        ({"worker": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas 5 is above"),
+        ({"api": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas 5 is above"),
+        ({"hooks": {"migrate": {"waitSeconds": 200, "activeDeadlineSeconds": 150}}}, "must be below"),
+    ]:
+        with pytest.raises(Exception, match=reason):
+            objects(values)
 
 
 def test_scheduling_and_pulling_reach_every_pod():
@@ -553,8 +594,8 @@ def test_scheduling_and_pulling_reach_every_pod():
     images = {c["image"] for spec in specs.values() for c in spec["containers"]}
     assert images == {
         "mirror.example.com/flashsale/flashsale:0.1.0",
-        "mirror.example.com/library/redis:7.4-alpine",
-        "mirror.example.com/library/postgres:17-alpine",
+        "mirror.example.com/library/redis:7.4.2-alpine",
+        "mirror.example.com/library/postgres:17.2-alpine",
         "mirror.example.com/otel/opentelemetry-collector:0.120.0",
     }
     templates = [o["spec"]["template"] for o in rendered if o["kind"] in ("Deployment", "StatefulSet", "Job")]
@@ -649,7 +690,7 @@ def test_network_policies_admit_only_the_ingress_to_the_api_and_flashsale_to_its
         "otel-collector": [4318],
         "postgresql": [5432],
         "redis": [6379],
-        "dns": [53, 53],
+        "dns": [53, 53, 5353, 5353],
     }
     assert not _by_kind(objects({}), "NetworkPolicy"), "off unless asked"
 
@@ -713,6 +754,13 @@ def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
         {"redis": {"enabled": False}},  # and no URL for the external one
         {"postgresql": {"enabled": False, "external": {"url": "mysql://db/x"}}},
         {"redis": {"maxmemory": "lots"}},
+        {"image": {"tag": "abc@"}},  # an empty digest
+        {"api": {"preStopSleepSeconds": 0}},  # refused by 1.30-1.32 apiservers
+        {"limiterRedis": {"cluster": True}},  # a cluster with no address
+        {
+            "redis": {"enabled": False, "external": {"url": "redis://r:6379/0"}},
+            "networkPolicy": {"enabled": True},
+        },
         {"hooks": {"migrate": {"activeDeadlineSeconds": 600}}},  # past Helm's hook timeout
         {"metrics": {"serviceMonitor": {"enabled": "yes"}}},
         {"redis": {"podSecurityContext": {"runAsNonRoot": False}}},

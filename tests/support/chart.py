@@ -30,10 +30,10 @@ def render(values: dict[str, Any] | None = None, *, upgrade: bool = False) -> di
         )
 
 
-def objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def objects(values: dict[str, Any] | None = None, *, upgrade: bool = False) -> list[dict[str, Any]]:
     """Every Kubernetes object the chart renders with these values."""
     found = []
-    for path, text in render(values).items():
+    for path, text in render(values, upgrade=upgrade).items():
         if path.endswith(".yaml"):
             found += [doc for doc in yaml.safe_load_all(text) if doc]
     return found

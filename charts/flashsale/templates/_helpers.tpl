@@ -167,6 +167,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- index $drawn .secret }}
 {{- end }}
 
+{{/* The in-chart PostgreSQL's URL: no password (the apps get PGPASSWORD, which libpq reads
+     when the URL has none). */}}
+{{- define "flashsale.inChartDatabaseUrl" -}}
+{{- printf "postgresql+psycopg2://%s@%s-postgresql.%s.svc:5432/%s" .Values.postgresql.auth.username (include "flashsale.fullname" .) .Release.Namespace .Values.postgresql.auth.database }}
+{{- end }}
+
 {{/* The Secret and key holding the in-chart PostgreSQL's password. */}}
 {{- define "flashsale.postgresPasswordRef" -}}
 {{- with .Values.postgresql.auth.existingSecret }}
@@ -218,16 +224,23 @@ key: redis-password
     secretKeyRef:
       {{- include "flashsale.postgresPasswordRef" . | nindent 6 }}
 {{- end }}
+{{- if .Values.postgresql.enabled }}
+{{- /* A plain value: it holds no password, and a pre-upgrade hook (run before this release's
+     Secrets are applied) must not depend on a key an older release never wrote. */}}
+- name: FLASHSALE_DATABASE_URL
+  value: {{ include "flashsale.inChartDatabaseUrl" . | quote }}
+{{- else }}
 - name: FLASHSALE_DATABASE_URL
   valueFrom:
     secretKeyRef:
-      {{- if and (not .Values.postgresql.enabled) .Values.postgresql.external.existingSecret }}
+      {{- if .Values.postgresql.external.existingSecret }}
       name: {{ .Values.postgresql.external.existingSecret }}
       key: {{ .Values.postgresql.external.existingSecretKey }}
       {{- else }}
       name: {{ include "flashsale.urlSecretName" . }}
       key: database-url
       {{- end }}
+{{- end }}
 {{- if or .Values.limiterRedis.url .Values.limiterRedis.existingSecret }}
 - name: FLASHSALE_LIMITER_REDIS_URL
   valueFrom:
@@ -363,11 +376,14 @@ checksum/secrets: {{ include "flashsale.secretsDigest" . }}
 {{- end }}
 
 {{/* Connections the apps may open at once: a pool of 5 + 5 overflow per API pod
-     (service/resources.py), 2 + 2 per worker (worker/jobs.py), 1 + 1 per hook. */}}
+     (service/resources.py), 2 + 2 per worker (worker/jobs.py), 1 + 1 per hook, with a
+     rollout's surge (25 %, rounded up) of API pods and workers at their maximums. */}}
 {{- define "flashsale.connectionsNeeded" -}}
 {{- $api := ternary .Values.api.autoscaling.maxReplicas .Values.api.replicaCount .Values.api.autoscaling.enabled }}
 {{- /* Workers at the larger of both counts: a cluster that gains KEDA later must not need a new max_connections (a PostgreSQL restart). */}}
 {{- $workers := max .Values.worker.replicaCount .Values.worker.autoscaling.maxReplicas }}
+{{- $api = add $api (div (add $api 3) 4) }}
+{{- $workers = add $workers (div (add $workers 3) 4) }}
 {{- add (mul $api 10) (mul $workers 4) 4 }}
 {{- end }}
 
@@ -390,17 +406,48 @@ checksum/secrets: {{ include "flashsale.secretsDigest" . }}
 {{- end }}
 {{- end }}
 
-{{/* The in-chart Redis's resources: the memory limit, unless given, is maxmemory plus half
-     again for the copy-on-write of an AOF rewrite. */}}
+{{/* The in-chart Redis's resources. Its memory limit, unless given, is maxmemory plus half
+     again for the copy-on-write of an AOF rewrite; a given one below that is refused (the
+     kernel would kill Redis before noeviction refuses writes). Its memory request, unless
+     given, equals the limit: the pod holding the queue is the last a node evicts. */}}
 {{- define "flashsale.redisResources" -}}
 {{- $resources := deepCopy .Values.redis.resources }}
 {{- $limits := default dict $resources.limits }}
-{{- if not (hasKey $limits "memory") }}
+{{- $requests := default dict $resources.requests }}
 {{- $maxmemory := int (include "flashsale.redisMaxmemoryMiB" .) }}
-{{- $_ := set $limits "memory" (printf "%dMi" (add $maxmemory (div $maxmemory 2))) }}
+{{- $needed := add $maxmemory (div $maxmemory 2) }}
+{{- if hasKey $limits "memory" }}
+{{- $given := int (include "flashsale.mebibytes" (dict "what" "redis.resources.limits.memory" "quantity" $limits.memory)) }}
+{{- if lt $given $needed }}
+{{- fail (printf "redis.resources.limits.memory %s is below the %dMi Redis needs (maxmemory %dmb plus half for an AOF rewrite): raise it, or lower redis.capacity" (toString $limits.memory) $needed $maxmemory) }}
+{{- end }}
+{{- else }}
+{{- $_ := set $limits "memory" (printf "%dMi" $needed) }}
+{{- end }}
+{{- if not (hasKey $requests "memory") }}
+{{- $_ := set $requests "memory" $limits.memory }}
 {{- end }}
 {{- $_ := set $resources "limits" $limits }}
+{{- $_ := set $resources "requests" $requests }}
 {{- toYaml $resources }}
+{{- end }}
+
+{{/* A memory quantity in Mi or Gi as a number of MiB. Call with (dict "what" <key> "quantity" q). */}}
+{{- define "flashsale.mebibytes" -}}
+{{- $quantity := toString .quantity }}
+{{- if not (regexMatch "^[0-9]+(Mi|Gi)$" $quantity) }}
+{{- fail (printf "%s %s: give it in Mi or Gi (e.g. 1536Mi), so the chart can check it against maxmemory" .what $quantity) }}
+{{- end }}
+{{- $number := int (regexFind "^[0-9]+" $quantity) }}
+{{- ternary (mul $number 1024) $number (hasSuffix "Gi" $quantity) }}
+{{- end }}
+
+{{/* The in-chart Redis's volume: redis.persistence.size, else three times maxmemory (the AOF,
+     and its rewrite beside it), at least 1Gi. */}}
+{{- define "flashsale.redisVolumeSize" -}}
+{{- with .Values.redis.persistence.size }}{{ . }}
+{{- else }}{{ printf "%dMi" (max 1024 (mul 3 (int (include "flashsale.redisMaxmemoryMiB" .)))) }}
+{{- end }}
 {{- end }}
 
 {{/* PostgreSQL's max_connections: postgresql.maxConnections, else what the pools need plus
@@ -423,4 +470,20 @@ checksum/secrets: {{ include "flashsale.secretsDigest" . }}
 {{- $spread = list (dict "maxSkew" 1 "topologyKey" "kubernetes.io/hostname" "whenUnsatisfiable" "ScheduleAnyway" "labelSelector" (dict "matchLabels" $selector)) }}
 {{- end }}
 {{- toYaml (merge (dict "topologySpreadConstraints" $spread) (omit .values "topologySpreadConstraints")) }}
+{{- end }}
+
+{{/* Values the schema cannot compare with each other, refused at render time. */}}
+{{- define "flashsale.validate" -}}
+{{- range $component := list "api" "worker" }}
+{{- $autoscaling := get (get $.Values $component) "autoscaling" }}
+{{- if gt (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas) }}
+{{- fail (printf "%s.autoscaling.minReplicas %v is above maxReplicas %v" $component $autoscaling.minReplicas $autoscaling.maxReplicas) }}
+{{- end }}
+{{- end }}
+{{- $migrate := .Values.hooks.migrate }}
+{{- if ge (int $migrate.waitSeconds) (int $migrate.activeDeadlineSeconds) }}
+{{- fail (printf "hooks.migrate.waitSeconds %v must be below activeDeadlineSeconds %v, or the Job ends before its wait" $migrate.waitSeconds $migrate.activeDeadlineSeconds) }}
+{{- end }}
+{{- /* Autoscaling maximums whose database pools the server cannot hold (managed too). */}}
+{{- $_ := include "flashsale.postgresMaxConnections" . }}
 {{- end }}
