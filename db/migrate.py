@@ -17,7 +17,11 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 class DatabaseUnavailable(RuntimeError):
-    """PostgreSQL did not answer within the wait."""
+    """PostgreSQL did not answer within the wait, or refused our credentials."""
+
+
+REFUSED_CREDENTIALS = ("password authentication failed", "no password supplied", "authentication failed")
+"""libpq's words for a server that answered and said no: waiting longer will not change it."""
 
 
 def wait_for_server(database_url: str, timeout: float = 60.0) -> None:
@@ -32,6 +36,12 @@ def wait_for_server(database_url: str, timeout: float = 60.0) -> None:
                     connection.execute(text("SELECT 1"))
                 return
             except OperationalError as exc:
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else ""
+                if any(words in reason for words in REFUSED_CREDENTIALS):
+                    host = make_url(database_url).host
+                    raise DatabaseUnavailable(
+                        f"PostgreSQL at {host} refused the credentials: {reason}"
+                    ) from exc
                 if time.monotonic() > deadline:
                     host = make_url(database_url).host
                     raise DatabaseUnavailable(

@@ -32,12 +32,19 @@ def _call(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[s
 
 
 def check_ready(base_url: str) -> str | None:
-    """The API answers ``/readyz`` with 200."""
+    """The API answers ``/readyz`` with 200, and reaches PostgreSQL: readiness itself never
+    asks for the database (a blip must not empty the Service), but a fresh install whose
+    workers cannot reach it is not a working one (``helm test`` runs this)."""
     try:
         status, _, body = _call("GET", f"{base_url}/readyz")
     except OSError as exc:
         return f"{base_url}/readyz unreachable: {exc}"
-    return None if status == 200 else f"{base_url}/readyz answered {status}: {body[:300]!r}"
+    if status != 200:
+        return f"{base_url}/readyz answered {status}: {body[:300]!r}"
+    database = json.loads(body).get("database", {})
+    if not database.get("reachable"):
+        return f"{base_url}/readyz: ready, but PostgreSQL is unreachable: {database.get('error')}"
+    return None
 
 
 def check_demo(base_url: str, requests: int = 10) -> str | None:

@@ -28,6 +28,15 @@ def test_ready_and_demo_pass_against_a_live_api_and_fail_otherwise(system):
     assert nobody.returncode == 1 and "unreachable" in nobody.stderr
 
 
+def test_ready_fails_while_the_api_cannot_reach_postgresql(system):
+    """/readyz stays 200 without PostgreSQL (the pod can still take orders), but `helm test`'s
+    check must not call such an install working."""
+    lost = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/flashsale"
+    system.start_apis(1, extra_env={"FLASHSALE_DATABASE_URL": lost})
+    result = _check(system.env, "ready", "--url", system.url)
+    assert result.returncode == 1 and "PostgreSQL is unreachable" in result.stderr, result.stderr
+
+
 def test_worker_check_follows_the_workers_heartbeat(system, tmp_path):
     heartbeat = tmp_path / "heartbeat"
     system.env["FLASHSALE_WORKER_HEARTBEAT_FILE"] = str(heartbeat)

@@ -20,8 +20,11 @@ def _migrate(url: str, wait_seconds: int, **extra_env: str) -> subprocess.Comple
 def test_flashsale_migrate_authenticates_with_pgpassword_beside_a_url_without_one():
     with restartable_postgres(password=AWKWARD_PASSWORD) as server:
         assert ":" not in server.url.split("@")[0].removeprefix("postgresql+psycopg2://")
-        refused = _migrate(server.url, 2, PGPASSWORD="wrong")
+        # Refused at once (not waited out) and said so: a migration hook's log names the cause.
+        refused = _migrate(server.url, 60, PGPASSWORD="wrong")
         assert refused.returncode != 0, "the server checks the password"
+        assert "refused the credentials: " in refused.stderr + refused.stdout
+        assert "password authentication failed" in refused.stderr + refused.stdout
         assert AWKWARD_PASSWORD not in refused.stdout + refused.stderr
         migrated = _migrate(server.url, 30, PGPASSWORD=AWKWARD_PASSWORD)
         assert migrated.returncode == 0, migrated.stderr[-2000:]
