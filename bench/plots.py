@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 
+from bench.system import run_with
+
 OUTCOME_COLOURS = {
     "admitted": "#2e7d32",
     "replayed": "#66bb6a",
@@ -30,7 +32,8 @@ def plot_drop(result: dict, path: Path) -> None:
     answers.set_ylabel("answers / s")
     answers.set_title(
         f"{result['requests']:,} requests, {result['requests_per_second']:,.0f}/s; "
-        f"{result['orders'].get('confirmed', 0):,} confirmed; p99 {result['p99_ms']:.1f} ms (wrk)"
+        f"{result['orders'].get('confirmed', 0):,} confirmed; p99 {result['p99_ms']:.1f} ms (wrk); "
+        f"{run_with(result['durability'])}"
     )
     answers.legend(loc="upper right")
     answers.grid(alpha=0.3)
