@@ -42,7 +42,7 @@ async def read_backlog(redis: aioredis.Redis) -> Backlog:
     if not oldest:
         return Backlog(undecided_orders=undecided, oldest_age_seconds=0.0)
     now_ms = seconds * 1000 + microseconds / 1000
-    # An order scored by another clock (FLASHSALE_RATE_CLOCK=app, enqueue_order in
-    # tools) may sit a little in the future: it has not waited yet.
+    # An order scored by another clock (FLASHSALE_RATE_CLOCK=app, or the tests' direct
+    # enqueue) may sit a little in the future: it has not waited yet.
     age = max(0.0, round((now_ms - oldest[0][1]) / 1000, 3))  # scores are whole ms
     return Backlog(undecided_orders=undecided, oldest_age_seconds=age)
