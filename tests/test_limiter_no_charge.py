@@ -81,7 +81,7 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_refusals_charge_nothing_so_five_409s_leave_five_202s(start_api, redis, mode):
+def test_refusals_charge_nothing_so_seven_409s_leave_five_202s(start_api, redis, mode):
     url = start_api(mode)
     for n, (slug, (refuse, body, keyed)) in enumerate(REFUSALS.items()):
         ip = f"198.51.100.{n}"
