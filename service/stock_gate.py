@@ -41,11 +41,11 @@ def publish_product(redis: Any, product: Product, gate_units: int | None) -> Any
     return pipe.execute()
 
 
-def set_gate(redis: Any, product_id: int, units: int, only_if_missing: bool = False) -> Any:
+def set_gate(redis: Any, product_id: int, units: int) -> Any:
     """Set the gate to ``units`` and announce it (sync and asyncio clients alike: await the
     result of an asyncio one)."""
     pipe = redis.pipeline(transaction=False)
-    pipe.set(gate_key(product_id), units, nx=only_if_missing)
+    pipe.set(gate_key(product_id), units)
     pipe.publish(GATE_CHANNEL, product_id)
     return pipe.execute()
 

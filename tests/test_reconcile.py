@@ -8,6 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -54,6 +55,22 @@ def test_a_drifted_or_lost_gate_is_set_to_stock_minus_undecided_orders(redis, fr
     assert (repair.product_id, repair.gate_before, repair.gate_after) == (1, drifted, 94)
     assert _gate(redis) == 94
     assert reconcile(redis, fresh_db) == [], "nothing left to repair"
+
+
+def test_a_buyer_who_finds_the_gate_gone_rebuilds_it_without_the_units_orders_hold(
+    system, settings, redis, fresh_db
+):
+    """The API rebuilds a missing gate (a Redis key lost): at stock minus what undecided orders
+    hold, not at the database's stock, which would promise their units twice."""
+    with fresh_db.begin() as connection:
+        connection.execute(text("UPDATE products SET stock = 3 WHERE id = 1"))
+    redis.set(gate_key(1), 3)
+    admit_orders(settings, 3)  # no worker: all three undecided
+    redis.delete(gate_key(1))
+    system.start_apis(1)
+    fourth = httpx.post(f"{system.url}/buy", json={"product_id": 1}, timeout=10)
+    assert fourth.status_code == 409, f"a fourth yes for three units: {fourth.status_code} {fourth.text}"
+    assert _gate(redis) == 0
 
 
 def test_orders_already_in_the_database_are_not_counted_twice(redis, fresh_db):

@@ -23,7 +23,7 @@ from service.request_body import json_bodies_only
 from service.resources import Resources
 from service.routes.rate_limited import limited_problem, refuse_unless_admitted
 from service.schemas import BuyAccepted, BuyRequest
-from service.stock_gate import set_gate
+from worker.reconcile import reconcile_product
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
@@ -52,7 +52,11 @@ async def _admit_once_rebuilding_the_gate(
         raise problem(
             422, "unknown-product", f"There is no product {wanted.product_id}.", product_id=wanted.product_id
         )
-    await set_gate(resources.redis, wanted.product_id, product.stock, only_if_missing=True)
+    # Not the database's stock: undecided orders still hold units of it (fs:admitted). The
+    # reconciler's own repair counts them, so the rebuilt gate errs low, never high.
+    await to_thread.run_sync(
+        reconcile_product, resources.queue.connection, resources.engine, wanted.product_id
+    )
     admission = await admit(resources, client, plan, wanted.product_id, wanted.quantity, key)
     if admission.decision is Decision.GATE_MISSING:  # gone again at once: Redis is in trouble
         raise RedisError("stock gate missing after rebuild")
