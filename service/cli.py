@@ -28,6 +28,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         http=GuardedHttpToolsProtocol,  # slow, oversized and unparsable requests: see there
         access_log=False,
         log_config=None,
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=args.shutdown_timeout,
         workers=args.processes,
     )

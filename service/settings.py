@@ -73,6 +73,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout_seconds: float = 10.0
     """Longest a client may take to send a whole request, headers and body; a slower one is
     answered 408 and its connection closed (a slowloris holds nothing for long)."""
+    keep_alive_seconds: float = 100.0
+    """How long an idle keep-alive connection stays open. Longer than the proxy in front keeps
+    its idle upstream connections (Traefik 90 s, ingress-nginx 60 s, AWS ALB 60 s), so the proxy
+    always closes first: a server closing one just as the proxy sends a request on it is a 502
+    for a ``POST /buy`` the proxy may not replay."""
     cors_origins: tuple[str, ...] = ()
     host: str = "0.0.0.0"
     port: int = 8000
@@ -254,6 +259,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "limiter_deny_cache": _boolean,
     "admin_token": str,
     "request_timeout_seconds": _positive_float,
+    "keep_alive_seconds": _positive_float,
     "cors_origins": _csv,
     "host": str,
     "port": _port,

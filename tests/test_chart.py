@@ -259,13 +259,18 @@ def test_the_configuration_is_one_flashsale_accepts(values_file):
     assert str(settings.worker_heartbeat_file).startswith("/tmp/"), "the only writable path"
 
 
-def test_the_client_and_retry_settings_reach_the_pods():
+def test_the_client_keep_alive_and_retry_settings_reach_the_pods():
     config = {"clientIpHeader": "forwarded", "rateIpv6Prefix": 56, "jobRetryBackoffSeconds": "0,0,1"}
-    env = dict(_by_kind(objects({"config": config}), "ConfigMap")["flashsale"]["data"])
+    env = dict(
+        _by_kind(objects({"config": config, "api": {"keepAliveSeconds": 650}}), "ConfigMap")["flashsale"][
+            "data"
+        ]
+    )
     env |= {"FLASHSALE_REDIS_URL": "redis://r:6379/0", "FLASHSALE_DATABASE_URL": "postgresql://d/db"}
     settings = settings_from_env(env)
     assert (settings.client_ip_header, settings.rate_ipv6_prefix) == ("forwarded", 56)
     assert settings.job_retry_backoff_seconds == (0, 0, 1)
+    assert settings.keep_alive_seconds == 650
 
 
 def test_urls_come_from_secrets_and_the_ingress_proxies_are_trusted():
