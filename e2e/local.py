@@ -1,5 +1,5 @@
-"""The local target: private Redis and PostgreSQL, three API processes behind our round-robin
-proxy, and worker processes sized by a local stand-in for KEDA."""
+"""The local target: private Redis and PostgreSQL, three API processes behind nginx as the
+ingress, and worker processes sized by a local stand-in for KEDA."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from rq.suspension import resume, suspend
 from db.migrate import migrate
 from db.seed import seed
 from db.session import make_engine
+from e2e.ingress import Ingress
 from e2e.local_autoscaler import Autoscaler, Scaling, read_backlog
-from e2e.proxy import Proxy
 from e2e.targets import HELD, HOLD_LIMIT_SECONDS, Target, Timeouts
 from service.backlog import Backlog
 from service.throwaway import postgres_server, redis_server, wait_until
@@ -50,16 +50,16 @@ class LocalTarget(Target):
 
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flashsale-e2e-")))
         self.processes = System(env=process_env(redis_url, database_url), log_dir=log_dir)
-        stack.callback(self.processes.stop)  # after the autoscaler and proxy (callbacks run LIFO)
+        stack.callback(self.processes.stop)  # after the autoscaler and ingress (callbacks run LIFO)
         self.scaling = Scaling()
         self._lock = threading.Lock()
         self.processes.start_apis(API_REPLICAS)
         self.processes.start_workers(self.scaling.min_replicas)
 
-        self.proxy = Proxy(self.processes.urls, log_dir)
-        self.proxy.start()
-        stack.callback(self.proxy.stop)
-        self.base_url = self.proxy.url
+        self.ingress = Ingress(self.processes.urls, log_dir)
+        self.ingress.start()
+        stack.callback(self.ingress.stop)
+        self.base_url = self.ingress.url
         self.autoscaler = Autoscaler(self.processes, self.scaling, self._lock)
         self.autoscaler.start()
         stack.callback(self.autoscaler.stop)
@@ -101,10 +101,10 @@ class LocalTarget(Target):
 
     def kill_api_pod(self) -> None:
         self.processes.kill_api(0)
-        # Until the replacement is ready the proxy keeps the dead address, as an ingress keeps
-        # an endpoint until the endpoints controller drops it: it must route around it.
+        # Until the replacement is ready the ingress keeps the dead address, as it keeps an
+        # endpoint until the endpoints controller drops it: it must route around it.
         self.processes.start_apis(1)
-        self.proxy.backends = self.processes.urls
+        self.ingress.backends = self.processes.urls
 
     def kill_worker_pod(self) -> None:
         with self._lock:
@@ -114,7 +114,8 @@ class LocalTarget(Target):
     def diagnostics(self) -> str:
         scaling = "\n".join(self.autoscaler.events[-40:])
         largest = f"largest backlog {self.autoscaler.largest}"
-        return f"scaling {self.scaling}, {largest}\n{scaling}\n{self.processes.logs()}"
+        ingress = f"ingress errors:\n{self.ingress.error_log()}"
+        return f"scaling {self.scaling}, {largest}\n{scaling}\n{ingress}\n{self.processes.logs()}"
 
     def close(self) -> None:
         self._stack.close()

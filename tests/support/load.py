@@ -26,13 +26,8 @@ class Reply:
     done_at: float
 
 
-LOST = (NO_ANSWER, 502)
-"""Answers a buyer never got: no answer at all, or the ingress's Bad Gateway."""
-RETRIES = 3
-
-
 async def _fire_share(
-    urls: list[str], share: list[tuple[int, str, dict]], retry_lost: bool, per_second: float | None
+    urls: list[str], share: list[tuple[int, str, dict]], per_second: float | None
 ) -> list[Reply]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -43,15 +38,6 @@ async def _fire_share(
             if per_second:  # the sale's arrival schedule, not a wait for some condition
                 await asyncio.sleep(max(0.0, started + index / per_second - time.monotonic()))
             headers = {"x-forwarded-for": client_ip}
-            if retry_lost:  # a buyer whose answer was lost asks again with the same key
-                headers["idempotency-key"] = f"buyer-{index}-{RUN}"
-            for _ in range(RETRIES if retry_lost else 1):
-                reply = await attempt(index, headers, body)
-                if reply.status not in LOST:
-                    break
-            return reply
-
-        async def attempt(index: int, headers: dict, body: dict) -> Reply:
             async with in_flight:
                 sent = time.time()
                 try:
@@ -66,28 +52,25 @@ async def _fire_share(
         return await asyncio.gather(*(one(*request) for request in share))
 
 
-def _client_process(urls, share, start, retry_lost, per_second) -> list[Reply]:
+def _client_process(urls, share, start, per_second) -> list[Reply]:
     start.wait()
-    return asyncio.run(_fire_share(urls, share, retry_lost, per_second))
+    return asyncio.run(_fire_share(urls, share, per_second))
 
 
 def fire_concurrently(
     urls: list[str],
     buyers: list[tuple[str, dict]],
     processes: int = 4,
-    retry_lost: bool = False,
     per_second: float | None = None,
 ) -> list[Reply]:
-    """Each buyer is (client ip, body); all processes start together on one signal. With
-    ``retry_lost`` every buyer sends an Idempotency-Key and asks again (up to RETRIES times)
-    when its answer was lost, as a client behind an ingress should. With ``per_second`` the
+    """Each buyer is (client ip, body); all processes start together on one signal. With ``per_second`` the
     n-th buyer asks n / per_second seconds after the start (a sale that lasts), else all at once."""
     requests = [(i, ip, body) for i, (ip, body) in enumerate(buyers)]
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(processes) as pool:
         start = manager.Event()
         pending = [
-            pool.apply_async(_client_process, (urls, requests[p::processes], start, retry_lost, per_second))
+            pool.apply_async(_client_process, (urls, requests[p::processes], start, per_second))
             for p in range(processes)
         ]
         start.set()
