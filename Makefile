@@ -9,7 +9,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help system-packages run-packages bench-packages install run test lint audit format bench bench-quick soak e2e clean
+.PHONY: help system-packages run-packages bench-packages install run test lint audit format chart-readme bench bench-quick soak e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,11 @@ audit: $(INSTALLED) ## pip-audit: known vulnerabilities in the installed depende
 format: $(INSTALLED) ## rewrite files to ruff's formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# charts/flashsale/README.md is generated: README.md.tmpl's head and a table of every value,
+# from values.yaml's comments and values.schema.json's types (tests/test_chart_readme.py fails when stale).
+chart-readme: $(INSTALLED) ## regenerate charts/flashsale/README.md from values.yaml and README.md.tmpl
+	$(BIN)/python -m k8s.chart_readme
 
 # Every benchmark runs even when one misses a target, so that all are published
 # (docs/benchmarks/) and the README's tables rendered from them; then make fails if one missed.
