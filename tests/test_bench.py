@@ -1,5 +1,5 @@
 """The benchmarks' verdicts: each target judged on made-up figures, the exit code, and the
-README's tables rendered from the published results."""
+performance page's tables (docs/performance.md) rendered from the published results."""
 
 import json
 
@@ -48,7 +48,7 @@ def test_a_missed_target_sets_the_exit_code_and_everything_is_saved(results_dirs
     assert not (results_dirs / "published").exists()  # only --publish writes docs/benchmarks
 
 
-def test_every_target_met_exits_0_and_publish_writes_the_readme_s_copy(results_dirs):
+def test_every_target_met_exits_0_and_publish_writes_the_published_copy(results_dirs):
     verdict = _verdict()
     verdict.check("rate", 8_660, WHERE)
     verdict.check("bytes", 10**6, WHERE)  # a reported figure is never missed
@@ -266,12 +266,12 @@ def _published(folder, name: str, met: bool) -> None:
     (folder / f"{name}.json").write_text(json.dumps({**run, "checks": verdict.checks, "figures": {}}))
 
 
-def test_the_readme_blocks_are_rendered_from_the_published_results(tmp_path):
+def test_the_page_s_blocks_are_rendered_from_the_published_results(tmp_path):
     _published(tmp_path, "paths", met=True)
     _published(tmp_path, "drop", met=False)
     (tmp_path / "drop-always.png").write_bytes(b"")
-    readme = "# x\n\n<!-- bench:begin paths drop workers -->\nhand-typed figures\n<!-- bench:end -->\nafter\n"
-    rendered = report.render_readme(readme, tmp_path)
+    page = "# x\n\n<!-- bench:begin paths drop workers -->\nhand-typed figures\n<!-- bench:end -->\nafter\n"
+    rendered = report.render_page(page, tmp_path)
     assert rendered.startswith(
         "# x\n\n<!-- bench:begin paths drop workers -->\n`python -m bench.paths --publish` on "
     )
@@ -288,14 +288,14 @@ def test_the_readme_blocks_are_rendered_from_the_published_results(tmp_path):
         f"`python -m bench.workers`: nothing published yet (`make bench` writes `{tmp_path}/workers.json`)"
         in rendered
     )
-    assert report.render_readme(rendered, tmp_path) == rendered
+    assert report.render_page(rendered, tmp_path) == rendered
 
 
-def test_the_readme_s_benchmark_tables_are_what_docs_benchmarks_renders():
-    readme = report.README.read_text()
-    assert report.BLOCK.search(readme), "README.md has lost its <!-- bench:begin … --> markers"
-    assert report.render_readme(readme) == readme, (
-        "README.md's benchmark tables differ from docs/benchmarks/*.json: never edit them by hand;"
+def test_the_performance_page_s_benchmark_tables_are_what_docs_benchmarks_renders():
+    page = report.PAGE.read_text()
+    assert report.BLOCK.search(page), "docs/performance.md has lost its <!-- bench:begin … --> markers"
+    assert report.render_page(page) == page, (
+        "docs/performance.md's benchmark tables differ from docs/benchmarks/*.json: never edit them by hand;"
         " `python -m bench.report` renders them (make bench runs it)"
     )
 
