@@ -71,8 +71,8 @@ chart-readme: $(INSTALLED) ## regenerate charts/flashsale/README.md from values.
 	$(BIN)/python -m k8s.chart_readme
 
 # Every benchmark runs even when one misses a target, so that all are published
-# (docs/benchmarks/) and the README's tables rendered from them; then make fails if one missed.
-bench: bench-packages $(BENCH_INSTALLED) ## every benchmark against its targets (about 25 min); publishes docs/benchmarks/ and the README's tables
+# (docs/benchmarks/) and docs/performance.md's tables rendered from them; then make fails if one missed.
+bench: bench-packages $(BENCH_INSTALLED) ## every benchmark against its targets (about 25 min); publishes docs/benchmarks/ and docs/performance.md's tables
 	@failed=; for benchmark in paths drop workers memory limiter; do \
 	  $(BIN)/python -m bench.$$benchmark --publish || failed="$$failed $$benchmark"; done; \
 	$(BIN)/python -m bench.report; \

@@ -2,7 +2,7 @@
 
 Every run writes ``bench/results/<kind>-<time>.json`` (not in git: this machine's history). A
 run with ``--publish`` (``make bench``) also writes ``docs/benchmarks/<kind>.json``, in git:
-the results the README's tables are rendered from (``python -m bench.report``).
+the results docs/performance.md's tables are rendered from (``python -m bench.report``).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 afterwards.
 
 Redis keeps its AOF, synced every second or on every write (``appendfsync`` everysec or always,
-the chart's default: see "Running Redis for a sale" in the README), and PostgreSQL syncs every
-commit (fsync on); ``read_durability`` reads back what the servers really run
-with, for every table to say."""
+the chart's default: see "Running Redis for a sale" in docs/operating-redis-and-postgresql.md),
+and PostgreSQL syncs every commit (fsync on); ``read_durability`` reads back what the servers
+really run with, for every table to say."""
 
 from __future__ import annotations
 

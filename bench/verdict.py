@@ -58,7 +58,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--publish",
         action="store_true",
-        help="also write docs/benchmarks/<name>.json, the results the README quotes (make bench)",
+        help="also write docs/benchmarks/<name>.json, the results docs/performance.md quotes (make bench)",
     )
 
 

@@ -8,7 +8,8 @@ invariants afterwards. Buyers send Idempotency-Keys and, once the fault is over,
 for every answer they did not get or that was a 503, as a careful client does: the orders
 in the database are then exactly the orders the clients hold.
 
-The README's "When things break" table quotes the figures these tests print.
+The "When things break" table of docs/operating-redis-and-postgresql.md quotes the figures these
+tests print.
 """
 
 from __future__ import annotations

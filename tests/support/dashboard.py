@@ -5,7 +5,8 @@ Playwright's own browser downloads are never used (they cannot be fetched here, 
 the tests fail, saying what to install; they never skip.
 
 ``FLASHSALE_DASHBOARD_SCREENSHOT=docs/dashboard.png pytest tests/test_dashboard.py`` also
-saves the page mid-sale as the README's screenshot; a normal run writes no tracked file.
+saves the page mid-sale as the screenshot docs/observability.md shows; a normal run writes no
+tracked file.
 """
 
 from __future__ import annotations
