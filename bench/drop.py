@@ -30,8 +30,8 @@ from bench.saved import shown
 from bench.system import APPENDFSYNC, BenchSystem, run_with, running_system
 from bench.verdict import AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
-from service.sale_stats import OUTCOMES, stats_key
-from worker.queue import ADMITTED_KEY
+from service.core.keys import ADMITTED_KEY, stats_key
+from service.sale.stats import OUTCOMES
 
 PROBE_PER_SECOND = 20
 DECIDED_WITHIN_SECONDS = 120

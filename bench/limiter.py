@@ -43,10 +43,10 @@ from bench.system import (
 )
 from bench.verdict import AT_LEAST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
-from service.lua import load_scripts, script_source
-from service.settings import REPO_ROOT
-from service.stock_gate import gate_key
-from service.throwaway import free_port, wait_until
+from service.cli.dev_servers import free_port, wait_until
+from service.core.keys import gate_key
+from service.core.lua import load_scripts, script_source
+from service.core.settings import REPO_ROOT
 
 CALLS = 20_000
 ARGS = ["", 5, 1_000_000, 1]  # Redis clock; capacity 5, 1 token/s, cost 1

@@ -31,8 +31,9 @@ from rq.registry import StartedJobRegistry
 from bench.system import ADMIN_TOKEN, BenchSystem, run_with, running_system
 from bench.verdict import AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
-from service.throwaway import wait_until
-from worker.queue import ADMITTED_KEY, RESULT_TTL_SECONDS, order_queue, pending_key
+from service.cli.dev_servers import wait_until
+from service.core.keys import ADMITTED_KEY, pending_key
+from service.sale.order_jobs import RESULT_TTL_SECONDS, order_queue
 
 RESTOCK_UNITS = 5_000
 SAMPLE_EVERY_SECONDS = 5

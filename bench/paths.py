@@ -29,7 +29,7 @@ import sys
 from bench.system import SLOW_BUCKETS, BenchSystem, run_with, running_system, spend_bucket
 from bench.verdict import AT_LEAST, AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
-from service.stock_gate import set_gate
+from service.sale.stock_gate import set_gate
 
 CONNECTIONS, THREADS = 64, 2
 ROUNDS = 3

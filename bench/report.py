@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.saved import PUBLISHED, shown
 from bench.verdict import show, target_text, verdict_word
-from service.settings import REPO_ROOT
+from service.core.settings import REPO_ROOT
 
 PAGE = REPO_ROOT / "docs" / "performance.md"
 NAME = "docs/performance.md"

@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from service.settings import REPO_ROOT
+from service.core.settings import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 PUBLISHED = REPO_ROOT / "docs" / "benchmarks"

@@ -44,9 +44,9 @@ from bench.memory import SAMPLE_EVERY_SECONDS, restock, rss_bytes
 from bench.saved import RESULTS, save_json
 from bench.system import BenchSystem, running_system
 from bench.wrk import run_wrk
-from service.stock_gate import gate_key
-from service.throwaway import wait_until
-from worker.queue import ADMITTED_KEY, RESULT_TTL_SECONDS, order_queue
+from service.cli.dev_servers import wait_until
+from service.core.keys import ADMITTED_KEY, gate_key
+from service.sale.order_jobs import RESULT_TTL_SECONDS, order_queue
 
 LOAD_SHARE = 0.7
 FALLBACK_ADMIT_RATE = 6_500

@@ -23,9 +23,9 @@ from redis import Redis
 from sqlalchemy import Engine
 
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
-from service.throwaway import Server, free_port, restartable_postgres, restartable_redis, wait_until
+from service.cli.dev_servers import Server, free_port, restartable_postgres, restartable_redis, wait_until
+from service.sale.stock_gate import seed
 
 ADMIN_TOKEN = "bench-admin-token"
 APPENDFSYNC = ("everysec", "always")
@@ -53,7 +53,7 @@ def durable_redis(appendfsync: str) -> Iterator[Server]:
 
 @contextmanager
 def durable_postgres() -> Iterator[Server]:
-    """A throwaway PostgreSQL that syncs its commits. service/throwaway.py runs it with fsync
+    """A throwaway PostgreSQL that syncs its commits. service/cli/dev_servers.py runs it with fsync
     off, which suits tests but flatters a benchmark: the same cluster is restarted with fsync
     on (of two ``-c`` settings the later wins)."""
     with restartable_postgres() as server:

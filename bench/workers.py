@@ -31,12 +31,12 @@ from sqlalchemy import text
 from bench.system import APPENDFSYNC, durable_postgres, durable_redis, read_durability, run_with
 from bench.verdict import AT_LEAST, Target, Verdict, add_options
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
-from service.admission import Decision, admit
-from service.identity import ClientIdentity
-from service.resources import close_resources, open_resources
-from service.settings import settings_from_env
+from service.core.settings import settings_from_env
+from service.limiter.identity import ClientIdentity
+from service.sale.admission import Decision, admit
+from service.sale.resources import close_resources, open_resources
+from service.sale.stock_gate import seed
 
 ADMIT_CONCURRENCY = 256
 WORKERS = (1, 2, 4)

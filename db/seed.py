@@ -1,16 +1,17 @@
-"""``flashsale seed``: the demo product (id 1, "iPhone 15", 999.99, stock 100) and its stock gate."""
+"""``flashsale seed``'s database part: the demo product (id 1, "iPhone 15", 999.99, stock 100).
+
+Its stock gate in Redis is the sale's (``service.sale.stock_gate.seed`` runs both).
+"""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from db.models import Product
-from service.stock_gate import publish_product
 
 DEMO_PRODUCT_ID = 1
 DEMO_NAME = "iPhone 15"
@@ -18,11 +19,10 @@ DEMO_PRICE = Decimal("999.99")
 DEMO_STOCK = 100
 
 
-def seed(engine: Engine, redis: Redis, stock: int | None = None) -> Product:
+def seed_demo_product(engine: Engine, stock: int | None = None) -> Product:
     """Create the demo product if missing; with ``stock``, reset its stock to that number.
 
-    Resetting bumps the version, so a worker holding the old version cannot write over it,
-    and rebuilds the stock gate from the database.
+    Resetting bumps the version, so a worker holding the old version cannot write over it.
     """
     values = {
         "id": DEMO_PRODUCT_ID,
@@ -47,6 +47,4 @@ def seed(engine: Engine, redis: Redis, stock: int | None = None) -> Product:
             text("SELECT setval(pg_get_serial_sequence('products', 'id'), (SELECT max(id) FROM products))")
         )
         session.commit()
-        product = session.get(Product, DEMO_PRODUCT_ID)
-    publish_product(redis, product, product.stock)
-    return product
+        return session.get(Product, DEMO_PRODUCT_ID)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy import Engine
 from sqlmodel import create_engine
 
-from service.logs import Throttled
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/flashsale"
 
-UNREACHABLE_LOG = Throttled(logging.getLogger(__name__))
+
+def psycopg2_url(raw: str) -> str:
+    """A PostgreSQL URL as SQLAlchemy's psycopg2 dialect takes it (``postgres://`` and
+    ``postgresql://`` are rewritten); ValueError for anything else."""
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw.removeprefix("postgres://")
+    if raw.startswith("postgresql://"):
+        raw = "postgresql+psycopg2://" + raw.removeprefix("postgresql://")
+    if not raw.startswith("postgresql+psycopg2://"):
+        raise ValueError("must be a postgresql:// URL")
+    return raw
 
 
 def make_engine(database_url: str, pool_size: int = 5) -> Engine:
@@ -22,20 +28,3 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
         pool_pre_ping=True,
         connect_args={"connect_timeout": 5},
     )
-
-
-def database_problem(engine: Engine) -> str | None:
-    """``SELECT 1`` (connectivity only, never the schema): None when it works, else why not,
-    also logged. Only a server out of reach counts; any other error is a bug and raises."""
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
-        # The driver's own words ("connection refused", "password authentication failed"),
-        # without SQLAlchemy's statement and link; libpq never repeats a password in them.
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        UNREACHABLE_LOG.warning(
-            type(exc).__name__, "database unreachable", error=type(exc).__name__, reason=reason
-        )
-        return reason
-    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from service.throwaway import free_port, wait_until
+from service.cli.dev_servers import free_port, wait_until
 
 NGINX_PACKAGE = "nginx-light"
 UPSTREAM_IDLE_SECONDS = 90

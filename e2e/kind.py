@@ -19,8 +19,8 @@ from kubernetes import client, config
 from kubernetes.stream import stream
 
 from e2e.targets import HELD, HOLD_LIMIT_SECONDS, Target, Timeouts
-from service.backlog import Backlog
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
+from service.sale.backlog import Backlog
 
 RELEASE = "flashsale"
 API = "flashsale-api"
@@ -43,7 +43,7 @@ _WORKER_STATES = """
 import json, os
 from redis import Redis
 from rq import Worker
-from worker.queue import order_queue
+from service.sale.order_jobs import order_queue
 queue = order_queue(Redis.from_url(os.environ["FLASHSALE_REDIS_URL"]))
 print(json.dumps([[w.hostname, w.get_state()] for w in Worker.all(queue=queue)]))
 """

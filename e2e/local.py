@@ -13,15 +13,15 @@ from rq import Worker
 from rq.suspension import resume, suspend
 
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
 from e2e.ingress import Ingress
 from e2e.local_autoscaler import Autoscaler, Scaling, read_backlog
 from e2e.targets import HELD, HOLD_LIMIT_SECONDS, Target, Timeouts
-from service.backlog import Backlog
-from service.throwaway import postgres_server, redis_server, wait_until
+from service.cli.dev_servers import postgres_server, redis_server, wait_until
+from service.sale.backlog import Backlog
+from service.sale.order_jobs import order_queue
+from service.sale.stock_gate import seed
 from tests.support.system import System, process_env
-from worker.queue import order_queue
 
 API_REPLICAS = 3
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import httpx
 import msgspec
 
-from service.backlog import Backlog
+from service.sale.backlog import Backlog
 from tests.support.system import System
 
 HPA_TOLERANCE = 0.1

@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from service.backlog import Backlog
+from service.sale.backlog import Backlog
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 
 from e2e.buyers import PacedSale, addresses, one_client_address
 from e2e.targets import Target
-from service.backlog import Backlog
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
+from service.sale.backlog import Backlog
 from tests.support.load import fire_concurrently
 from tests.support.orders import wait_all_terminal
 

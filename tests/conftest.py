@@ -16,10 +16,10 @@ from sqlalchemy import Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from db.migrate import DatabaseUnavailable, migrate, wait_for_server
-from db.seed import seed
 from db.session import make_engine
-from service.settings import Settings, get_settings, settings_from_env
-from service.throwaway import postgres_server, redis_server
+from service.cli.dev_servers import postgres_server, redis_server
+from service.core.settings import Settings, get_settings, settings_from_env
+from service.sale.stock_gate import seed
 from tests.support.system import System, process_env
 
 POSTGRES_URL = os.environ.get(

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.testing import TestClient
 
-from service.app import create_app
-from service.settings import settings_from_env
+from service.api.app import create_app
+from service.core.settings import settings_from_env
 from tests.support.database import product_state
 
 TOKEN = "s3cret-admin-token"

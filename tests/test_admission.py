@@ -1,4 +1,5 @@
-"""lua/admit.lua through service/admission.py on a real Redis, and the jobs it writes on RQ's own worker."""
+"""lua/admit.lua through service/sale/admission.py on a real Redis, and the jobs it writes on RQ's own
+worker."""
 
 import asyncio
 import json
@@ -13,16 +14,17 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from db.orders import AdmittedOrder
-from service.admission import Decision, admit
-from service.identity import ClientIdentity
-from service.resources import close_resources, open_resources
-from service.stock_gate import gate_key, set_gate
-from service.throwaway import free_port
+from service.cli.dev_servers import free_port
+from service.core.keys import ADMITTED_KEY, gate_key, job_key, order_job_id
+from service.limiter.identity import ClientIdentity
+from service.sale.admission import Decision, admit
+from service.sale.order_jobs import order_queue
+from service.sale.resources import close_resources, open_resources
+from service.sale.stock_gate import set_gate
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state
 from tests.support.enqueue import enqueue_order
 from worker.jobs import DECIDED_EARLIER
-from worker.queue import ADMITTED_KEY, job_key, order_job_id, order_queue
 
 
 def _client(ip="203.0.113.7", customer=None):
@@ -185,7 +187,7 @@ def test_a_batch_decides_its_mates_at_once_and_their_own_jobs_touch_no_database(
     their jobs, run later, find nothing left to do (PostgreSQL is away and they still finish)."""
     from litestar.testing import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     async def body(resources):
         return [await _admit(resources, _client(f"10.2.0.{i}")) for i in range(4)]

@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 import pytest
 from litestar.testing import TestClient
 
-from service.app import create_app
-from service.logs import Throttled
-from service.stock_gate import gate_key
-from service.throwaway import wait_until
+from service.api.app import create_app
+from service.cli.dev_servers import wait_until
+from service.core.keys import gate_key
+from service.core.logs import Throttled
 from tests.support.problems import assert_problem
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
@@ -168,7 +168,7 @@ def test_cors_is_off_unless_origins_are_configured(client):
 
 
 def test_configured_origins_may_call_the_api_from_a_browser(settings_env, fresh_db):
-    from service.settings import settings_from_env
+    from service.core.settings import settings_from_env
 
     settings = settings_from_env({**settings_env, "FLASHSALE_CORS_ORIGINS": "https://shop.example"})
     with TestClient(create_app(settings)) as client:
@@ -217,7 +217,7 @@ def test_a_connection_reset_under_uvloop_counts_as_a_redis_failure(redis_url):
     import uvloop
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from service.resources import RedisConnection
+    from service.core.redis_clients import RedisConnection
 
     async def write_after_a_reset(proxy: TcpProxy) -> None:
         connection = RedisConnection(host="127.0.0.1", port=proxy.port)
@@ -240,7 +240,7 @@ def test_a_connection_reset_under_uvloop_counts_as_a_redis_failure(redis_url):
 def test_an_outage_logs_one_line_a_second_not_one_per_503(monkeypatch, caplog):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from service import errors
+    from service.api import problems as errors
 
     monkeypatch.setattr(errors, "UNAVAILABLE_LOG", Throttled(errors.log))
     with caplog.at_level("WARNING", logger=errors.log.name):

@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from db.models import OrderStatus, RejectReason
 from db.orders import AdmittedOrder, apply_order, apply_orders, backoff_seconds, record_failure
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
 from tests.support.database import blocked_on_a_row_lock, order_rows, product_state
 
 

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from redis.asyncio.connection import Connection
 
-from service.auto_pipeline import CoalescedScript, PackedArgs, resp_arguments
-from service.resources import async_redis_client
+from service.core.auto_pipeline import CoalescedScript, PackedArgs, resp_arguments
+from service.core.redis_clients import main_redis
+from service.core.settings import Settings
 
 ECHO = "return {KEYS, ARGV}"
 FAIL_ON_BOOM = "if ARGV[1] == 'boom' then return redis.error_reply('boom') end return ARGV[1]"
@@ -22,7 +23,7 @@ def _run(coroutine):
 
 
 async def _calls(redis_url: str, source: str, calls: list[tuple[list, list]], tail=None):
-    client = async_redis_client(redis_url)
+    client = main_redis(Settings(redis_url=redis_url))
     try:
         script = CoalescedScript(client, source, name="echo")
         extra = {"tail": tail} if tail else {}
@@ -58,7 +59,7 @@ def test_one_callers_error_is_its_own(redis, redis_url):
 
 def test_a_flushed_script_is_loaded_again(redis, redis_url):
     async def twice():
-        client = async_redis_client(redis_url)
+        client = main_redis(Settings(redis_url=redis_url))
         try:
             script = CoalescedScript(client, ECHO, name="echo")
             first = await script(keys=["a"], args=["1"])
@@ -74,7 +75,7 @@ def test_every_caller_hears_of_a_lost_connection(redis_url):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def unreachable():
-        client = async_redis_client("redis://127.0.0.1:1/0")  # nothing listens on port 1
+        client = main_redis(Settings(redis_url="redis://127.0.0.1:1/0"))  # nothing listens on port 1
         try:
             script = CoalescedScript(client, ECHO, name="echo")
             return await asyncio.gather(*(script(args=[str(i)]) for i in range(5)), return_exceptions=True)
@@ -103,10 +104,10 @@ def test_the_encoder_writes_what_redis_py_writes(values):
 def test_connections_the_server_closed_are_replaced_before_use():
     """A Redis restart closes every pooled connection; each would fail the first call that took
     it (a 503 long after Redis was back) had the pool not replaced it at checkout."""
-    from service.throwaway import restartable_redis
+    from service.cli.dev_servers import restartable_redis
 
     async def calls_after_restart(server) -> list:
-        client = async_redis_client(server.url)
+        client = main_redis(Settings(redis_url=server.url))
         try:
             script = CoalescedScript(client, ECHO, name="echo")
             pool = client.connection_pool

@@ -7,12 +7,13 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 
-from service.app import create_app
-from service.settings import settings_from_env
-from service.throwaway import free_port, wait_until
+from service.api.app import create_app
+from service.cli.dev_servers import free_port, wait_until
+from service.core.keys import ADMITTED_KEY
+from service.core.settings import settings_from_env
+from service.sale.order_jobs import order_queue
 from tests.support.orders import wait_all_terminal
 from tests.support.problems import assert_problem
-from worker.queue import ADMITTED_KEY, order_queue
 from worker.runner import OrderWorker
 
 NOTHING_WAITS = {"undecided_orders": 0, "oldest_age_seconds": 0.0}

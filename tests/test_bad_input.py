@@ -1,5 +1,5 @@
 """Bad input, hand-picked: every answer is the exact status and an RFC 9457 problem, never a
-stack trace. ``POST /buy`` is asked twice, by the fast path (``service.fast_buy``) and by the
+stack trace. ``POST /buy`` is asked twice, by the fast path (``service.api.fast_buy``) and by the
 full Litestar path (a CORS request always takes it), and both must answer alike. What only a
 real server sees (raw bytes, slow clients, the peer address) is sent to a real uvicorn process
 over a socket; the rest in-process on the real Redis and PostgreSQL.
@@ -18,11 +18,11 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 
-from service.app import create_app
-from service.http_server import MAX_HEAD_BYTES
-from service.schemas import MAX_BODY_BYTES
-from service.settings import settings_from_env
-from service.throwaway import wait_until
+from service.api.app import create_app
+from service.api.http_server import MAX_HEAD_BYTES
+from service.api.schemas import MAX_BODY_BYTES
+from service.cli.dev_servers import wait_until
+from service.core.settings import settings_from_env
 from tests.support.problems import assert_problem
 
 ORIGIN = "https://shop.example"

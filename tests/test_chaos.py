@@ -26,16 +26,16 @@ from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine, text
 
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
-from service.stock_gate import gate_key, publish_product
-from service.throwaway import Server, restartable_postgres, restartable_redis, wait_until
+from service.cli.dev_servers import Server, restartable_postgres, restartable_redis, wait_until
+from service.core.keys import ADMITTED_KEY, gate_key
+from service.sale.order_jobs import order_queue
+from service.sale.stock_gate import publish_product, seed
 from tests.support.database import blocked_on_a_row_lock
 from tests.support.invariants import assert_invariants
 from tests.support.load import NO_ANSWER, Reply, fire_concurrently
 from tests.support.orders import rq_whereabouts, wait_all_terminal
 from tests.support.system import System
-from worker.queue import ADMITTED_KEY, order_queue
 
 pytestmark = pytest.mark.slow
 

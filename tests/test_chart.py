@@ -12,7 +12,7 @@ import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
 
-from service.settings import REPO_ROOT, settings_from_env
+from service.core.settings import REPO_ROOT, settings_from_env
 from tests.support.chart import CI_VALUES, lint, objects, render, validate_values, values_of
 
 VALUE_FILES = [*CI_VALUES, REPO_ROOT / "k8s" / "values-kind.yaml"]
@@ -188,7 +188,7 @@ def test_the_signal_names_match_what_the_api_serves():
     import msgspec
     from prometheus_client import REGISTRY
 
-    from service.backlog import Backlog
+    from service.sale.backlog import Backlog
 
     aged = {"worker": {"autoscaling": {"oldestOrderAgeSeconds": 5}}}
     keda = _by_kind(objects(_served(KEDA) | aged), "ScaledObject")["flashsale-worker"]["spec"]

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from service.throwaway import free_port, wait_until
+from service.cli.dev_servers import free_port, wait_until
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from service.stock_gate import gate_key
-from service.throwaway import free_port, port_open, wait_until
+from service.cli.dev_servers import free_port, port_open, wait_until
+from service.core.keys import gate_key
 from tests.support.cli import run_cli
 from tests.support.database import product_state
 from tests.support.orders import wait_all_terminal

@@ -4,9 +4,10 @@ import os
 import pytest
 from litestar import Request
 
-from service.client_ip import counted_network, forwarded_for, resolve_client_ip
-from service.identity import client_identity, identity_of
-from service.settings import SettingsError, settings_from_env
+from service.api.identity import client_identity
+from service.core.settings import SettingsError, settings_from_env
+from service.limiter.client_ip import counted_network, forwarded_for, resolve_client_ip
+from service.limiter.identity import identity_of
 from tests.support.cli import run_cli
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))

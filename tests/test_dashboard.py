@@ -18,18 +18,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Worker
 from sqlalchemy import text as sql
 
-from service.app import create_app
-from service.dashboard import RECENT_ORDERS, WINDOW_SECONDS
-from service.sale_stats import (
-    OUTCOME_COUNTS,
-    OUTCOMES,
-    STATS_TTL_SECONDS,
-    OutcomeCounter,
-    outcome_of,
-    stats_key,
-)
-from service.stock_gate import gate_key
-from service.throwaway import free_port, wait_until
+from service.api.app import create_app
+from service.api.dashboard import RECENT_ORDERS, WINDOW_SECONDS
+from service.cli.dev_servers import free_port, wait_until
+from service.core.keys import gate_key, stats_key
+from service.sale.order_jobs import order_queue
+from service.sale.stats import OUTCOME_COUNTS, OUTCOMES, STATS_TTL_SECONDS, OutcomeCounter, outcome_of
 from tests.support.dashboard import (
     dashboard_page,
     fits_laptop,
@@ -42,7 +36,6 @@ from tests.support.dashboard import (
 from tests.support.database import product_state
 from tests.support.load import fire_concurrently
 from tests.support.orders import wait_all_terminal
-from worker.queue import order_queue
 
 BUYER_ADDRESS = re.compile(r"\b10\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 

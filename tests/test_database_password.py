@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from service.throwaway import restartable_postgres
+from service.cli.dev_servers import restartable_postgres
 from tests.support.cli import run_cli
 
 AWKWARD_PASSWORD = "p@ss word/+:%?#"

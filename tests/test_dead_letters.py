@@ -14,12 +14,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from db.migrate import migrate, wait_for_server
-from db.seed import seed
 from db.session import make_engine
-from service.app import create_app
-from service.settings import settings_from_env
-from service.stock_gate import gate_key
-from service.throwaway import free_port, restartable_postgres, wait_until
+from service.api.app import create_app
+from service.cli.dev_servers import free_port, restartable_postgres, wait_until
+from service.core.keys import ADMITTED_KEY, gate_key, order_job_id
+from service.core.settings import settings_from_env
+from service.sale.order_jobs import order_queue
+from service.sale.reconcile import reconcile
+from service.sale.stock_gate import seed
 from tests.support.admitting import admit_orders
 from tests.support.cli import run_cli
 from tests.support.database import order_rows
@@ -27,8 +29,6 @@ from tests.support.invariants import assert_invariants
 from tests.support.orders import wait_all_terminal
 from tests.support.system import System, process_env
 from worker.dead_letters import failed_orders, forget_decided
-from worker.queue import ADMITTED_KEY, order_job_id, order_queue
-from worker.reconcile import reconcile
 from worker.runner import OrderWorker
 
 BACKOFF = "FLASHSALE_JOB_RETRY_BACKOFF_SECONDS"

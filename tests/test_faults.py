@@ -32,16 +32,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
-from service.throwaway import restartable_postgres, restartable_redis, wait_until
+from service.cli.dev_servers import restartable_postgres, restartable_redis, wait_until
+from service.sale.order_jobs import order_queue
+from service.sale.stock_gate import seed
 from tests.support.database import order_rows
 from tests.support.invariants import assert_invariants
 from tests.support.load import NO_ANSWER, RUN
 from tests.support.orders import rq_whereabouts, wait_all_terminal
 from tests.support.system import System
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
-from worker.queue import order_queue
 from worker.runner import ABANDON_GRACE_SECONDS
 
 pytestmark = pytest.mark.slow

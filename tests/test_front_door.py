@@ -10,10 +10,10 @@ import pytest
 from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
-from service.app import create_app
-from service.sale_stats import OUTCOME_COUNTS
-from service.settings import settings_from_env
-from service.stock_gate import gate_key
+from service.api.app import create_app
+from service.core.keys import gate_key
+from service.core.settings import settings_from_env
+from service.sale.stats import OUTCOME_COUNTS
 
 
 def _redis_commands(redis) -> int:
@@ -138,8 +138,8 @@ def test_a_retry_with_its_key_gets_its_order_back_after_a_sell_out_and_past_its_
 
 
 def test_a_429_from_memory_is_rendered_once_per_limit_and_second_to_wait():
-    from service.fast_buy import _memory_limited_answer
-    from service.ratelimit import LimitState, Outcome, Verdict
+    from service.api.fast_buy import _memory_limited_answer
+    from service.limiter.ratelimit import LimitState, Outcome, Verdict
 
     burst = {"name": "burst", "key": "ip", "capacity": 3, "refill_per_sec": 0.01}
     daily = {"name": "daily", "key": "ip", "capacity": 50, "refill_per_sec": 0.001}
@@ -165,3 +165,17 @@ def test_a_429_from_memory_is_rendered_once_per_limit_and_second_to_wait():
     assert dict(other_limit.headers)[b"ratelimit"] == b'"daily";r=0;t=42' and b"daily" in other_limit.body
     assert dict(legacy.headers)[b"x-ratelimit-limit"] == b"3"
     assert len({id(a) for a in (first, later, other_limit, legacy)}) == 4
+
+
+def test_the_fast_path_knows_every_app_level_layer_it_leaves_out(settings_env):
+    """A plain ``POST /buy`` is answered in front of Litestar (``service.api.fast_buy``), so an
+    app-level layer added later would silently skip it. The app has none but those the fast path
+    steps aside for: CORS (a request with an Origin goes the full way) and tracing (likewise,
+    whenever it is on). Adding one means teaching the fast path about it, then this test."""
+    app = create_app(settings_from_env({**settings_env, "FLASHSALE_CORS_ORIGINS": "https://shop.example"}))
+    assert [type(m).__name__ for m in app.middleware] == []
+    assert app.cors_config is not None  # the one the fast path knows: requests with an Origin
+    hooks = (app.before_request, app.after_request, app.after_response)
+    assert hooks == (None, None, None) and app.before_send == [] and app.guards == []
+    assert set(app.dependencies) == {"resources", "dashboard"}
+    assert app.response_headers == [] and app.response_cookies == []

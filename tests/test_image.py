@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.settings import REPO_ROOT
-from service.throwaway import free_port, wait_until
+from service.cli.dev_servers import free_port, wait_until
+from service.core.settings import REPO_ROOT
 from tests.support.chart import CHART, values_of
 from tests.support.cli import cli_running
 from tests.support.orders import wait_all_terminal

@@ -9,7 +9,7 @@ import socket
 import time
 from urllib.parse import urlparse
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 KEEP_ALIVE_SECONDS = 3
 TRAEFIK_IDLE_SECONDS = 90

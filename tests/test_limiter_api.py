@@ -5,8 +5,8 @@ import json
 import http_sf
 from litestar.testing import TestClient
 
-from service.app import create_app
-from service.settings import settings_from_env
+from service.api.app import create_app
+from service.core.settings import settings_from_env
 
 API_KEY_AND_GLOBAL = {
     "buy": {

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.throwaway import free_port, redis_server, wait_until
+from service.cli.dev_servers import free_port, redis_server, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from redis import Redis
 
-from db.seed import seed
-from service.stock_gate import gate_key, sale_key, set_gate
-from service.throwaway import redis_server
+from service.cli.dev_servers import redis_server
+from service.core.keys import gate_key, sale_key
+from service.sale.stock_gate import seed, set_gate
 
 pytestmark = pytest.mark.slow
 

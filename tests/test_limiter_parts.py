@@ -2,11 +2,11 @@
 
 import http_sf
 
-from service.breaker import BreakerState, CircuitBreaker
-from service.deny_cache import DenyCache
-from service.identity import ClientIdentity, identity_of
-from service.policies import LimitSpec, RoutePolicy
-from service.ratelimit import LimitState, Outcome, Verdict, bucket_keys, ratelimit_headers
+from service.core.policies import LimitSpec, RoutePolicy
+from service.limiter.breaker import BreakerState, CircuitBreaker
+from service.limiter.deny_cache import DenyCache
+from service.limiter.identity import ClientIdentity, identity_of
+from service.limiter.ratelimit import LimitState, Outcome, Verdict, bucket_keys, ratelimit_headers
 
 
 class Clock:

@@ -7,9 +7,9 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from db.seed import seed
-from service.throwaway import redis_cluster
+from service.sale.stock_gate import seed
 from tests.support.load import assert_admitted_within, hammer, hammer_clients
+from tests.support.servers import redis_cluster
 
 pytestmark = pytest.mark.slow
 

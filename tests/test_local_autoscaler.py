@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from e2e.local_autoscaler import Scaling, desired_replicas, read_backlog
-from service.backlog import Backlog
-from service.throwaway import free_port
+from service.cli.dev_servers import free_port
+from service.sale.backlog import Backlog
 
 SCALING = Scaling(orders_per_replica=50, oldest_age_seconds=5.0, min_replicas=2, max_replicas=4)
 

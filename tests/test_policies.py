@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from service.policies import PolicyError, default_policies, load_policy_file, parse_policies
-from service.settings import SettingsError, settings_from_env
+from service.core.policies import PolicyError, default_policies, load_policy_file, parse_policies
+from service.core.settings import SettingsError, settings_from_env
 
 POLICY = {
     "buy": {

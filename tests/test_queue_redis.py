@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.throwaway import free_port, redis_server
+from service.cli.dev_servers import free_port, redis_server
 from tests.support.cli import run_cli
 
 

@@ -16,11 +16,11 @@ from litestar.testing import TestClient
 from sqlalchemy.engine import make_url
 
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
-from service.app import create_app
-from service.settings import settings_from_env
-from service.throwaway import restartable_postgres, restartable_redis, wait_until
+from service.api.app import create_app
+from service.cli.dev_servers import restartable_postgres, restartable_redis, wait_until
+from service.core.settings import settings_from_env
+from service.sale.stock_gate import seed
 from tests.support.problems import assert_problem
 from tests.support.system import System, process_env
 from tests.support.tcp_proxy import tcp_proxy

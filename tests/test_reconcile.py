@@ -15,19 +15,19 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from sqlalchemy import text
 
 from db.orders import AdmittedOrder, apply_order, record_failure
-from db.seed import seed
-from service.admission import Decision, admit
-from service.identity import ClientIdentity
-from service.resources import close_resources, open_resources
-from service.stock_gate import gate_key
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
+from service.core.keys import ADMITTED_KEY, gate_key, order_job_id
+from service.limiter.identity import ClientIdentity
+from service.sale.admission import Decision, admit
+from service.sale.order_jobs import FAILURE_TTL_SECONDS, order_queue
+from service.sale.reconcile import reconcile
+from service.sale.resources import close_resources, open_resources
+from service.sale.stock_gate import seed
 from tests.support.admitting import admit_orders, try_to_admit
 from tests.support.cli import run_cli
 from tests.support.database import product_state, status_counts
 from tests.support.enqueue import enqueue_order
 from tests.support.invariants import assert_invariants
-from worker.queue import ADMITTED_KEY, FAILURE_TTL_SECONDS, order_job_id, order_queue
-from worker.reconcile import reconcile
 
 
 def _queue_orders(redis, count, quantity):

@@ -5,11 +5,12 @@ import json
 import pytest
 from rq.job import Job
 
-from service.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS, SettingsError, settings_from_env
-from service.stock_gate import set_gate
+from service.core.keys import order_job_id
+from service.core.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS, SettingsError, settings_from_env
+from service.sale.order_jobs import order_queue
+from service.sale.stock_gate import set_gate
 from tests.support.admitting import admit_orders
 from tests.support.cli import run_cli
-from worker.queue import order_job_id, order_queue
 
 NAME = "FLASHSALE_JOB_RETRY_BACKOFF_SECONDS"
 

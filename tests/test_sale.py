@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.stock_gate import gate_key
+from service.core.keys import gate_key
 from tests.support.database import order_rows, product_state
 from tests.support.load import fire_concurrently
 from tests.support.orders import wait_all_terminal
@@ -17,7 +17,7 @@ def _buyers(count):
 
 
 def _reset_stock(engine, redis, stock):
-    from db.seed import seed
+    from service.sale.stock_gate import seed
 
     seed(engine, redis, stock=stock)
     return product_state(engine)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from db.seed import seed
+from service.sale.stock_gate import seed
 
 ADMIN_TOKEN = "schemathesis-admin-token"
 MIN_REQUESTS = 1000

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.throwaway import free_port, wait_until
+from service.cli.dev_servers import free_port, wait_until
 from tests.support.cli import cli_running, run_cli
 from tests.support.orders import wait_all_terminal
 from tests.support.otlp import OtlpReceiver

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, redact_url, settings_from_env
+from service.core.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, redact_url, settings_from_env
 from tests.support.cli import run_cli
 
 

@@ -10,10 +10,10 @@ import pytest
 from redis import Redis
 
 from db.migrate import migrate
-from db.seed import seed
 from db.session import make_engine
-from service.sale_stats import STATS_KEY_PREFIX
-from service.throwaway import postgres_server, wait_until
+from service.cli.dev_servers import postgres_server, wait_until
+from service.core.keys import STATS_KEY_PREFIX
+from service.sale.stock_gate import seed
 from tests.support.system import System
 
 pytestmark = pytest.mark.slow
@@ -24,8 +24,8 @@ def _buy(url, ip, **kw):
 
 
 # What an API process sends to Redis on its own, whatever its requests: the queue gauges
-# (service/queue_gauges.py, every 2 s: one MULTI of TIME, ZCARD and ZRANGE, then LLEN and
-# ZCOUNT), the flush of the answers' outcome counts (service/sale_stats.py, once a second),
+# (service/sale/queue_gauges.py, every 2 s: one MULTI of TIME, ZCARD and ZRANGE, then LLEN and
+# ZCOUNT), the flush of the answers' outcome counts (service/sale/stats.py, once a second),
 # and the handshake of any connection its pool opens (seen once in eight runs; a request's
 # own call on such a connection would still show as a command of its own).
 BACKGROUND_COMMANDS = {

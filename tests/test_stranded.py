@@ -8,13 +8,14 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from db.orders import AdmittedOrder, apply_order
-from service.settings import settings_from_env
-from service.stock_gate import set_gate
-from service.throwaway import free_port
+from service.cli.dev_servers import free_port
+from service.core.keys import ADMITTED_KEY, order_job_id, pending_key
+from service.core.settings import settings_from_env
+from service.sale.order_jobs import order_queue
+from service.sale.stock_gate import set_gate
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state
 from worker.dead_letters import failed_orders
-from worker.queue import ADMITTED_KEY, order_job_id, order_queue, pending_key
 from worker.runner import OrderWorker
 from worker.stranded import requeue_stranded
 

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from service.lua import SCRIPT_NAMES, load_scripts
-from service.settings import REPO_ROOT
+from service.core.lua import SCRIPT_NAMES, load_scripts
+from service.core.settings import REPO_ROOT
 from tests.support.bucket_model import BucketModel
 
 LUA_DIR = REPO_ROOT / "lua"

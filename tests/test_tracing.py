@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
 from tests.support.orders import wait_all_terminal
 from tests.support.otlp import OtlpReceiver
 

@@ -4,7 +4,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service.throwaway import free_port, wait_until
+from service.cli.dev_servers import free_port, wait_until
 from tests.support.database import blocked_on_a_row_lock
 from tests.support.orders import wait_all_terminal
 

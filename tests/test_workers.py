@@ -10,11 +10,12 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.suspension import resume, suspend
 from sqlalchemy import text
 
-from db.seed import seed
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
+from service.core.keys import ADMITTED_KEY, pending_key
+from service.sale.order_jobs import order_queue
+from service.sale.stock_gate import seed
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state, status_counts
-from worker.queue import ADMITTED_KEY, order_queue, pending_key
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from e2e.conftest import KIND_TEST_TIMEOUT
-from service.settings import REPO_ROOT
+from service.core.settings import REPO_ROOT
 
 WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
 SCRIPTS = sorted(

@@ -21,7 +21,8 @@ from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from worker.queue import ADMITTED_KEY, order_job_id, order_queue
+from service.core.keys import ADMITTED_KEY, order_job_id
+from service.sale.order_jobs import order_queue
 
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
 

@@ -17,11 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db.orders import AdmittedOrder, apply_orders, record_failure
 from db.session import make_engine
-from service.settings import get_settings
-from service.stock_gate import add_to_gate
-from service.tracing import context_from, record, trace_engine, tracer
+from service.core.keys import ADMITTED_KEY, order_job_id, pending_key
+from service.core.redis_clients import sync_redis
+from service.core.settings import get_settings
+from service.core.tracing import context_from, record, trace_engine, tracer
+from service.sale.stock_gate import add_to_gate
 from worker.metrics import JOB_RETRIES, observe_batch
-from worker.queue import ADMITTED_KEY, order_job_id, pending_key
 
 log = logging.getLogger(__name__)
 DECIDED_EARLIER = "decided_earlier"
@@ -45,7 +46,7 @@ def _attempt(job: Any) -> int | None:
 
 @cache
 def _redis() -> Redis:
-    return Redis.from_url(get_settings().redis_url)
+    return sync_redis(get_settings().redis_url)
 
 
 def _admitted(

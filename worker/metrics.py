@@ -14,8 +14,8 @@ from redis import Redis
 from rq import Queue
 
 from db.orders import AdmittedOrder, Outcome
-from service.metrics import set_queue_gauges
-from worker.queue import count_queue
+from service.core.metrics import set_queue_gauges
+from service.sale.order_jobs import count_queue
 
 ORDERS_DECIDED = Counter(
     "flashsale_orders_decided",

@@ -6,35 +6,26 @@ import time
 from pathlib import Path
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from redis import Redis
-from redis.backoff import ConstantBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from rq import SimpleWorker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.checks import WORKER_REDIS_RETRY_SECONDS
-from service.queue_redis import check_no_eviction
-from service.settings import Settings
-from service.tracing import configure_tracing
+from service.core.keys import RECONCILE_LOCK, STRANDED_LOCK
+from service.core.redis_clients import check_no_eviction, worker_redis
+from service.core.settings import Settings
+from service.core.tracing import configure_tracing
+from service.sale.order_jobs import order_queue
+from service.sale.reconcile import reconcile
 from worker.dead_letters import forget_decided
 from worker.jobs import engine as jobs_engine
 from worker.metrics import sample_queue, serve_metrics
-from worker.queue import order_queue
-from worker.reconcile import reconcile
 from worker.stranded import requeue_stranded
 
 ABANDON_GRACE_SECONDS = 5
 HEARTBEAT_SECONDS = 1.0
-
-
-REDIS_RETRY_INTERVAL_SECONDS = 0.5
-RECONCILE_LOCK = "fs:reconcile:lock"
-STRANDED_LOCK = "fs:stranded:lock"
 
 
 class OrderWorker(SimpleWorker):
@@ -150,13 +141,7 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
     configure_tracing("flashsale-worker", trace_redis=False)
     if settings.worker_metrics_port is not None:
         serve_metrics(settings.worker_metrics_port)
-    # RQ's loop quits on a Redis error anywhere but its blocking pop (a job's end, a heartbeat,
-    # maintenance), so a Redis restart would stop every busy worker: its commands retry instead.
-    retries = int(WORKER_REDIS_RETRY_SECONDS / REDIS_RETRY_INTERVAL_SECONDS)
-    retry = Retry(
-        ConstantBackoff(REDIS_RETRY_INTERVAL_SECONDS), retries, supported_errors=(RedisConnectionError,)
-    )
-    connection = Redis.from_url(settings.redis_url, retry=retry)
+    connection = worker_redis(settings)  # its commands outlast a Redis restart: see there
     check_no_eviction(connection)
     worker = OrderWorker(
         [order_queue(connection)],

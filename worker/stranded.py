@@ -25,15 +25,16 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from db.models import Order
+from service.core.keys import ADMITTED_KEY, order_id_of_job
+from service.sale.order_jobs import order_queue
 from worker.dead_letters import failed_registry
-from worker.queue import ADMITTED_KEY, order_queue
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 
 
 def _decided(engine: Engine, job_ids: list[str]) -> set[str]:
-    order_ids = {uuid.UUID(job_id.removeprefix("order-")): job_id for job_id in job_ids}
+    order_ids = {uuid.UUID(order_id_of_job(job_id)): job_id for job_id in job_ids}
     with Session(engine) as session:
         rows = session.exec(select(Order.id).where(Order.id.in_(list(order_ids))))
         return {order_ids[row] for row in rows}

@@ -1,13 +1,13 @@
-"""Admitting orders as ``POST /buy`` does: ``service.admission.admit``, one lua/admit.lua call each."""
+"""Admitting orders as ``POST /buy`` does: ``service.sale.admission.admit``, one lua/admit.lua call each."""
 
 from __future__ import annotations
 
 import asyncio
 
-from service.admission import Decision, admit
-from service.identity import ClientIdentity
-from service.resources import close_resources, open_resources
-from service.settings import Settings
+from service.core.settings import Settings
+from service.limiter.identity import ClientIdentity
+from service.sale.admission import Decision, admit
+from service.sale.resources import close_resources, open_resources
 
 
 def admit_orders(settings: Settings, count: int, quantity: int = 1, first_client: int = 0) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-from service.settings import REPO_ROOT
+from service.core.settings import REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "flashsale"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.throwaway import wait_until
+from service.cli.dev_servers import wait_until
 
 CHROMIUM = os.environ.get("FLASHSALE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -10,9 +10,10 @@ from rq import Queue
 from rq.job import Job
 
 from db.orders import AdmittedOrder
-from service.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS
-from service.tracing import trace_carrier
-from worker.queue import ADMITTED_KEY, JOB_FUNCTION, _description, job_arguments, job_options, order_job_id
+from service.core.keys import ADMITTED_KEY, order_job_id
+from service.core.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS
+from service.core.tracing import trace_carrier
+from service.sale.order_jobs import JOB_FUNCTION, _description, job_arguments, job_options
 
 
 def enqueue_order(

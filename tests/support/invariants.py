@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from redis import Redis
 from sqlalchemy import Engine
 
-from service.stock_gate import gate_key
+from service.core.keys import gate_key
+from service.sale.reconcile import reconcile
 from tests.support.database import order_rows, product_state
-from worker.reconcile import reconcile
 
 
 def assert_invariants(

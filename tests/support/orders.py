@@ -8,8 +8,9 @@ import httpx
 from redis import Redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from service.throwaway import wait_until
-from worker.queue import ADMITTED_KEY, order_job_id, order_queue
+from service.cli.dev_servers import wait_until
+from service.core.keys import ADMITTED_KEY, order_job_id
+from service.sale.order_jobs import order_queue
 
 TERMINAL = {"confirmed", "rejected"}
 

@@ -14,8 +14,8 @@ import httpx
 from redis import Redis
 from rq import Worker
 
-from service.throwaway import free_port, wait_until
-from worker.queue import order_queue
+from service.cli.dev_servers import free_port, wait_until
+from service.sale.order_jobs import order_queue
 
 START_TIMEOUT_SECONDS = 30
 

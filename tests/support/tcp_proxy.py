@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from service.throwaway import free_port
+from service.cli.dev_servers import free_port
 
 CHUNK = 65536
 NO_LINGER = struct.pack("ii", 1, 0)

@@ -1,0 +1,1 @@
+"""What every room uses: settings, Redis clients and key names, the Lua loader, tracing, logs, metrics."""

@@ -1,0 +1,274 @@
+"""The rate limiter: one atomic Lua call checks and charges every limit of a route's policy.
+
+Around that call: a local deny cache (429 without Redis while a bucket is known empty), a
+timeout and a circuit breaker (a dead Redis never makes requests hang), and the route's
+failure mode (closed: 503; open: admit and count it). When the buckets live on a Redis of their
+own, a request the main Redis refuses after the limits admitted it gets its tokens back
+(``refund``), so a "no" charges nothing there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+
+from opentelemetry import trace
+from redis.exceptions import RedisError
+
+from service.core.keys import client_bucket_key, route_bucket_key
+from service.core.lua import Scripts
+from service.core.metrics import LIMITER_DECISIONS, LIMITER_DEGRADED
+from service.core.policies import LimitSpec, RoutePolicy
+from service.core.settings import Settings
+from service.core.tracing import record
+from service.limiter.breaker import BreakerState, CircuitBreaker
+from service.limiter.deny_cache import DenyCache
+from service.limiter.identity import ClientIdentity, identity_of
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    ADMITTED = "admitted"
+    LIMITED = "limited"
+    FAILED_OPEN = "failed_open"
+    """Redis could not decide and the route fails open: admitted, uncounted."""
+    FAILED_CLOSED = "failed_closed"
+    """Redis could not decide and the route fails closed: 503."""
+    UNLIMITED = "unlimited"
+    """The route has no policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    limit: LimitSpec
+    allowed: bool
+    remaining: int
+    retry_after_ms: int
+    reset_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    policy: RoutePolicy | None = None
+    states: tuple[LimitState, ...] = ()
+    cached: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome in (Outcome.ADMITTED, Outcome.FAILED_OPEN, Outcome.UNLIMITED)
+
+    @property
+    def violated(self) -> list[str]:
+        return [state.limit.name for state in self.states if not state.allowed]
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """Whole seconds, rounded up, until every violated limit has room again (at least 1)."""
+        longest = max((s.retry_after_ms for s in self.states if not s.allowed), default=0)
+        return max(1, math.ceil(longest / 1000))
+
+
+def bucket_keys(route: str, policy: RoutePolicy, client: ClientIdentity) -> list[str]:
+    """One key per limit, all under one hash tag so the script runs on one Cluster slot.
+
+    When every limit counts the same identity, the tag includes it and buckets spread over
+    the cluster; a policy mixing identities (say per-IP and global) shares one slot per route.
+    """
+    identities = [identity_of(limit.key, client) for limit in policy.limits]
+    if len(set(identities)) == 1:
+        return [client_bucket_key(route, identities[0], limit.name) for limit in policy.limits]
+    return [
+        route_bucket_key(route, limit.name, identity)
+        for limit, identity in zip(policy.limits, identities, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A route's policy and the buckets one client's request touches."""
+
+    route: str
+    policy: RoutePolicy
+    keys: list[str]
+
+
+class Limiter:
+    def __init__(self, scripts: Scripts, settings: Settings) -> None:
+        self._script = scripts.token_buckets
+        self._refund_script = scripts.refund_buckets
+        self.policies = settings.policies
+        self._app_clock = settings.rate_clock == "app"
+        self._timeout = settings.limiter_timeout_ms / 1000
+        self.breaker = CircuitBreaker(
+            settings.limiter_breaker_failures, settings.limiter_breaker_cooldown_ms / 1000
+        )
+        self.deny_cache = DenyCache() if settings.limiter_deny_cache else None
+        self.shares_main_redis = (
+            settings.limiter_redis_url == settings.redis_url and not settings.limiter_redis_cluster
+        )
+        """True when the buckets live on the main Redis, so admission can check them in its own call."""
+
+    @property
+    def degraded(self) -> bool:
+        return self.breaker.state is not BreakerState.CLOSED
+
+    def plan(self, route: str, client: ClientIdentity) -> Plan | None:
+        policy = self.policies.get(route)
+        return None if policy is None else Plan(route, policy, bucket_keys(route, policy, client))
+
+    def arguments(self, plan: Plan | None) -> list[int | str]:
+        """The clock argument, then capacity, refill and cost per bucket."""
+        args: list[int | str] = ["" if not self._app_clock else time.time_ns() // 1000]
+        for limit in plan.policy.limits if plan else ():
+            args += [limit.capacity, limit.refill_micro_per_sec, limit.cost]
+        return args
+
+    def cached_denial(self, plan: Plan) -> Verdict | None:
+        """A 429 from memory, while one of the buckets is known to be empty."""
+        if self.deny_cache is None or not (hit := self.deny_cache.remaining(plan.keys)):
+            return None
+        key, seconds = hit
+        state = LimitState(plan.policy.limits[plan.keys.index(key)], False, 0, math.ceil(seconds * 1000), 0)
+        return self._count(plan.route, Verdict(Outcome.LIMITED, plan.policy, (state,), cached=True))
+
+    def conclude(self, plan: Plan, admitted: bool, values: list[int]) -> Verdict:
+        """The verdict from a script's per-bucket reply values; remembers empty buckets."""
+        states = _states(plan, values)
+        verdict = Verdict(Outcome.ADMITTED if admitted else Outcome.LIMITED, plan.policy, states)
+        if not admitted and self.deny_cache is not None:
+            for key, state in zip(plan.keys, states, strict=True):
+                if not state.allowed:
+                    self.deny_cache.deny(key, state.retry_after_ms / 1000)
+        return self._count(plan.route, verdict)
+
+    async def check(self, route: str, client: ClientIdentity) -> Verdict:
+        """The route's verdict for this client: from memory when it can, else ``decide``."""
+        plan = self.plan(route, client)
+        if plan is None:
+            return self._count(route, Verdict(Outcome.UNLIMITED))
+        return self.cached_denial(plan) or await self.decide(plan)
+
+    async def decide(self, plan: Plan) -> Verdict:
+        """Check and charge on the limiter's Redis alone (token_buckets.lua)."""
+        reply = await self._run(self._script, plan)
+        if reply is None:
+            return self._count(plan.route, self._failed(plan.policy))
+        return self.conclude(plan, bool(reply[0]), reply[2:])
+
+    async def refund(self, plan: Plan, verdict: Verdict) -> Verdict:
+        """Give back what ``verdict`` charged, for a request refused after the limits admitted it;
+        the verdict then describes the buckets as if the request had never come. When the
+        limiter's Redis cannot take the tokens back they stay taken (the error is on the side of
+        the limit) and ``verdict`` stands."""
+        if verdict.outcome is not Outcome.ADMITTED:  # failed open: nothing was charged
+            return verdict
+        reply = await self._run(self._refund_script, plan)
+        if reply is None:
+            return verdict
+        if self.deny_cache is not None:
+            # A request that was denied while these tokens were out would be denied from memory
+            # until the refill it was told of: forget it, the tokens are back.
+            self.deny_cache.forget(plan.keys)
+        return Verdict(Outcome.ADMITTED, plan.policy, _states(plan, reply[2:]))
+
+    async def _run(self, script, plan: Plan) -> list | None:
+        """One script call on the plan's buckets behind the breaker and the timeout; None when
+        Redis could not answer."""
+        if not self.breaker.allow():
+            return None
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await script(keys=plan.keys, args=self.arguments(plan))
+        except (
+            RedisError,
+            OSError,
+            TimeoutError,
+            RuntimeError,
+        ) as exc:  # RuntimeError: RedisCluster's nodes cannot take our RedisConnection
+            self._record(success=False, error=exc)
+            return None
+        self._record(success=True)
+        return reply
+
+    @staticmethod
+    def _failed(policy: RoutePolicy) -> Verdict:
+        outcome = Outcome.FAILED_OPEN if policy.on_redis_error == "open" else Outcome.FAILED_CLOSED
+        return Verdict(outcome, policy)
+
+    def _record(self, success: bool, error: Exception | None = None) -> None:
+        before = self.breaker.state
+        if success:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+        after = self.breaker.state
+        LIMITER_DEGRADED.set(int(after is not BreakerState.CLOSED))
+        if after is not before and after is BreakerState.OPEN:
+            log.warning("limiter degraded: circuit open", extra={"error": type(error).__name__})
+        elif after is not before and after is BreakerState.CLOSED:
+            log.info("limiter recovered: circuit closed")
+
+    @staticmethod
+    def _count(route: str, verdict: Verdict) -> Verdict:
+        """Every verdict passes here: count it, and tell the request's span."""
+        outcome = "limited_cached" if verdict.cached else verdict.outcome.value
+        _decisions(route, outcome).inc()
+        span = trace.get_current_span()
+        if not span.is_recording():  # tracing off: build none of the attributes on the hot path
+            return verdict
+        record(
+            span,
+            limiter_outcome=outcome,
+            limiter_limits=[state.limit.name for state in verdict.states] or None,
+            limiter_violated=verdict.violated or None,
+            limiter_remaining=min((state.remaining for state in verdict.states), default=None),
+        )
+        return verdict
+
+
+def _states(plan: Plan, values: list[int]) -> tuple[LimitState, ...]:
+    """Each limit's state from a script's per-bucket reply values (four per bucket)."""
+    return tuple(
+        LimitState(limit, bool(values[4 * i]), *(int(v) for v in values[4 * i + 1 : 4 * i + 4]))
+        for i, limit in enumerate(plan.policy.limits)
+    )
+
+
+@cache
+def _decisions(route: str, outcome: str):
+    """The counter child of one route and outcome, looked up once (both sets are small)."""
+    return LIMITER_DECISIONS.labels(route=route, outcome=outcome)
+
+
+def ratelimit_headers(verdict: Verdict, legacy: bool = False) -> dict[str, str]:
+    """IETF RateLimit-Policy / RateLimit fields (structured-field lists), Retry-After on a 429,
+    and optionally the legacy X-RateLimit-* trio for the most constraining limit."""
+    if verdict.policy is None:
+        return {}
+    headers = {
+        "RateLimit-Policy": ", ".join(
+            f'"{limit.name}";q={limit.capacity};w={limit.window_seconds}' for limit in verdict.policy.limits
+        )
+    }
+    if verdict.states:
+        headers["RateLimit"] = ", ".join(
+            f'"{s.limit.name}";r={s.remaining};t={math.ceil((s.retry_after_ms or s.reset_ms) / 1000)}'
+            for s in verdict.states
+        )
+        if legacy:
+            tightest = min(verdict.states, key=lambda s: (s.allowed, s.remaining))
+            headers["X-RateLimit-Limit"] = str(tightest.limit.capacity)
+            headers["X-RateLimit-Remaining"] = str(tightest.remaining)
+            headers["X-RateLimit-Reset"] = str(
+                math.ceil((tightest.retry_after_ms or tightest.reset_ms) / 1000)
+            )
+    if verdict.outcome is Outcome.LIMITED:
+        headers["Retry-After"] = str(verdict.retry_after_seconds)
+    return headers

@@ -1,0 +1,147 @@
+"""Bring each stock gate back to what the database and the admitted-order record say it must be.
+
+    gate = database stock - units held by admitted orders
+
+An order holds its units from its admission until its decision has put them where they
+belong: in the database's stock count (confirmed), nowhere (rejected as sold out: the gate
+had promised units the database did not have), or back in the gate (rejected as failed).
+``fs:admitted`` lists every admitted order until that moment, whichever of RQ's lists its
+job is in (queued, popped, running, waiting for a retry, dead-lettered, or none), so the
+count comes from it, never from RQ's lists.
+
+Drift comes from a gate rebuilt while orders were in flight, orders the database rejected as
+sold out although the gate had admitted them, or a Redis that lost writes in a crash. A pass
+never sets a gate above the truth:
+
+- the gate is WATCHed before anything is read, and every admission, and every return of a
+  failed order's units, moves the gate: one that happens during the pass voids it (a sale in
+  full swing is left alone for that pass);
+- ``fs:admitted`` is read before the database, and an order leaves it only after its row
+  is committed, so an order decided in between is counted as held and in the stock: low;
+- the order rows are read before the stock, so an order confirmed in between is held and
+  taken from the stock: low;
+- a failed order's units go back to the gate in the same step that takes it off
+  ``fs:admitted`` (worker/jobs.py), so until then they are held.
+
+A repair can make the sale stop early for one pass, never admit what PostgreSQL cannot confirm.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq.job import Job
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from db.models import OrderStatus, Product, RejectReason
+from db.orders import DECIDED_AMONG
+from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, gate_key
+from service.sale.order_jobs import arguments_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    product_id: int
+    gate_before: int | None
+    gate_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What ``fs:admitted`` holds, read through each order's job."""
+
+    orders: dict[uuid.UUID, tuple[int, int]]
+    """order id -> (product id, quantity), from the job's arguments."""
+    unreadable: int
+    """Admitted orders whose job is gone: their product and units are unknown."""
+
+    def of_product(self, product_id: int) -> dict[uuid.UUID, int]:
+        return {
+            order_id: units for order_id, (product, units) in self.orders.items() if product == product_id
+        }
+
+
+def _admitted_orders(redis: Redis) -> Admitted:
+    job_ids = redis.zrange(ADMITTED_KEY, 0, -1)
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id.decode()), "data")
+        jobs_data = pipe.execute()
+    orders = {}
+    for data in jobs_data:
+        if data is not None:
+            order_id, product_id, quantity, *_ = arguments_of(data)
+            orders[uuid.UUID(order_id)] = (product_id, quantity)
+    return Admitted(orders, len(job_ids) - len(orders))
+
+
+def _held_units(session: Session, held: dict[uuid.UUID, int]) -> int:
+    """Units of these admitted orders (order id -> units) that are neither in the database's
+    stock count nor back in the gate."""
+    if held:
+        for row in session.connection().execute(DECIDED_AMONG, {"ids": list(held)}):
+            # A failed order's units go back to the gate after its row is written: held till then.
+            if not (row.status == OrderStatus.REJECTED and row.reason == RejectReason.FAILED):
+                del held[row.id]  # confirmed: in the stock count already; sold out: never had units
+    return sum(held.values())
+
+
+def _available_units(engine: Engine, product_id: int, admitted: Admitted) -> int:
+    """The product's database stock minus the units its admitted orders hold."""
+    with Session(engine) as session:
+        held = _held_units(session, admitted.of_product(product_id))  # before the stock: see above
+        stock = session.exec(select(Product.stock).where(Product.id == product_id)).first() or 0
+    return stock - held
+
+
+def _stocks(engine: Engine) -> dict[int, int]:
+    with Session(engine) as session:
+        return dict(session.exec(select(Product.id, Product.stock)).all())
+
+
+def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair | None:
+    """Set one gate to stock minus held units; None when it was right (or moved meanwhile)."""
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(gate_key(product_id))
+            before = pipe.get(gate_key(product_id))
+            before = None if before is None else int(before)
+            admitted = _admitted_orders(redis)
+            target = max(0, _available_units(engine, product_id, admitted))
+            if before == target:
+                return None
+            if admitted.unreadable and before is not None and target > before:
+                log.error(
+                    "admitted orders without a job: the gate is not raised",
+                    extra={"product_id": product_id, "orders": admitted.unreadable},
+                )
+                return None
+            pipe.multi()
+            pipe.set(gate_key(product_id), target)
+            pipe.publish(GATE_CHANNEL, product_id)
+            pipe.execute()
+        except WatchError:
+            log.info("gate moved while reconciling; next pass", extra={"product_id": product_id})
+            return None
+    return Repair(product_id, before, target)
+
+
+def reconcile(redis: Redis, engine: Engine) -> list[Repair]:
+    """One pass over every product; a gate that had to be repaired is logged (a warning: it
+    drifted). The admin API sets gates the same way after a restock, which is no drift."""
+    repairs = []
+    for product_id in _stocks(engine):
+        if repair := reconcile_product(redis, engine, product_id):
+            log.warning(
+                "stock gate repaired",
+                extra={"product_id": product_id, "before": repair.gate_before, "after": repair.gate_after},
+            )
+            repairs.append(repair)
+    return repairs
