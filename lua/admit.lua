@@ -2,15 +2,19 @@
 -- (Runs with buckets.lib.lua prepended.) "Yes" and "queued" are the same step: an API
 -- process that dies before or after this call can neither leak a unit nor drop an order.
 --
+-- Key names are built by service/core/keys.py; the caller passes every key this script touches.
+--
 -- KEYS[1]     stock gate, fs:{p:<id>}:stock: units not yet promised
--- KEYS[2]     idempotency record, fs:idem:{<client>:<key hash>} (any unused key when there is none)
--- KEYS[3]     the order's RQ job hash, rq:job:order-<order id>
+-- KEYS[2]     idempotency record, fs:idem:{<digest>} of the customer and its key (any unused key
+--             when there is none)
+-- KEYS[3]     the order's RQ job hash, rq:job:order-<order_id>
 -- KEYS[4]     the RQ queue list, rq:queue:orders
 -- KEYS[5]     the product's sale, fs:{p:<id>}:sale: opens_ms, closes_ms, per_customer (0 = none)
--- KEYS[6]     units this customer was admitted for, fs:{p:<id>}:bought:<customer digest>
+-- KEYS[6]     units this customer was admitted for, fs:{p:<id>}:bought:<customer_digest>
 -- KEYS[7]     admitted orders not yet decided, fs:admitted: job id scored by admission ms
 -- KEYS[8]     the product's undecided orders, fs:{p:<id>}:pending, for workers to apply in batches
--- KEYS[9..]   the route's rate-limit buckets, when they live on this Redis (else none)
+-- KEYS[9..]   the route's rate-limit buckets (see token_buckets.lua), when they live on this Redis
+--             (else none)
 -- ARGV[1]     the caller's time in µs, or "" for Redis TIME (see buckets.lib.lua)
 -- ARGV[2]     quantity (>= 1)
 -- ARGV[3]     order id
@@ -21,7 +25,7 @@
 -- ARGV[8]     n, the number of buckets in KEYS[9..]
 -- ARGV[9..8+3n]   capacity, refill (micro-tokens/s), cost of each bucket
 -- ARGV[9+3n]      the order as JSON (the job's arguments), for the pending list
--- ARGV[10+3n..]   the job hash, field, value, ... in RQ's own format (worker/queue.py builds it)
+-- ARGV[10+3n..]   the job hash, field, value, ... in RQ's own format (service/sale/order_jobs.py builds it)
 -- returns     {outcome, now µs, detail, then per bucket: allowed, remaining, retry ms, full ms}
 --             outcome 1 admitted (detail: units left), 0 rate-limited, 2 not enough stock
 --             (detail: units left), 3 gate missing (rebuild it from PostgreSQL, then retry),

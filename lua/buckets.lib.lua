@@ -1,6 +1,6 @@
 -- buckets.lib.lua: token-bucket functions shared by token_buckets.lua, refund_buckets.lua and
 -- admit.lua.
--- service/lua.py prepends this file to each script that uses it (Redis scripts cannot import).
+-- service/core/lua.py prepends this file to each script that uses it (Redis scripts cannot import).
 --
 -- Buckets are hashes: t (micro-tokens), ts (µs of the last refill), f (ms the key was set to
 -- live). Tokens are kept in micro-tokens and time in µs so fractional refill rates stay exact

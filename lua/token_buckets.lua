@@ -1,7 +1,8 @@
 -- token_buckets.lua: check every limit of one request, and charge all of them or none.
 -- (Runs with buckets.lib.lua prepended: the bucket format and clock rules are there.)
 --
--- KEYS[1..n]  bucket hashes, all under one {hash tag} (one Redis Cluster slot)
+-- KEYS[1..n]  bucket hashes, fs:rl:{<route>:<identity>}:<limit> or fs:rl:{<route>}:<limit>:<identity>
+--             (service/core/keys.py), all under one {hash tag} (one Redis Cluster slot)
 -- ARGV[1]     the caller's time in µs, or "" to use Redis TIME (the default)
 -- ARGV[3i-1], ARGV[3i], ARGV[3i+1]  for KEYS[i]: capacity (whole tokens >= 1),
 --             refill (micro-tokens per second >= 1), cost (whole tokens >= 0; 0 only reads)
