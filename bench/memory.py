@@ -1,8 +1,17 @@
-"""Memory over a sale: Redis bytes per limiter bucket and per finished order, the keys that
-must expire, and the API processes' resident memory over a run of several minutes.
+"""Memory over a sale: Redis bytes per queued order and per decided order, per limiter
+bucket, the keys that must expire, and the API processes' resident memory over a run of
+several minutes.
 
     python -m bench.memory               # part of `make bench`: 5 minutes
     python -m bench.memory --minutes 1
+
+First the queue (issue 17): with no worker running, QUEUED_ORDERS units are restocked and
+sold by wrk; once the buyers' buckets have expired, Redis's ``used_memory`` over what it was
+before, divided by the orders admitted, is the bytes per queued order. Then two workers
+decide them all, and a minute later the same difference divided by the same orders is the
+bytes per decided order (what a decided order leaves behind: nothing but the idempotency
+record and per-customer count, which this load does not write), and no RQ job hash may be
+left.
 
 On a running_system (two API processes, two workers; Redis's AOF synced every second, so
 that RQ's bookkeeping keeps up with the sales; PostgreSQL with fsync on), every minute the
@@ -11,8 +20,8 @@ demo product is restocked with 5,000 units (admin API) and wrk (``-t2 -c16``) se
 sell-outs, rate limits and a deny cache that keeps filling and evicting. RSS of both API
 processes is sampled every 5 s; the verdict compares the last minute with the first (after
 warm-up): flat means within ±10 % (a replaced process cannot be judged: it is counted).
-Afterwards every order must be decided and its RQ job finished, and the Redis figures are
-read with ``MEMORY USAGE`` over samples of each kind of key, TTLs included. It prints each of
+Afterwards every order must be decided and its draining job finished, and the buckets are
+read with ``MEMORY USAGE`` over a sample, TTLs included. It prints each of
 TARGETS with what was measured, saves the figures, and exits 1 when a target is missed.
 """
 
@@ -33,19 +42,22 @@ from bench.verdict import AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
 from service.cli.dev_servers import wait_until
 from service.core.keys import ADMITTED_KEY, pending_key
-from service.sale.order_jobs import RESULT_TTL_SECONDS, order_queue
+from service.sale.order_jobs import order_queue
 
 RESTOCK_UNITS = 5_000
 SAMPLE_EVERY_SECONDS = 5
 KEY_SAMPLE = 500
 BUCKET_PROBES = 50
+QUEUED_ORDERS = 20_000
+DECIDED_WAIT_SECONDS = 60
 
 TARGETS = (
     Target("bucket_bytes", "Redis bytes per limiter bucket", None, source="#7"),
-    Target("order_bytes", "Redis bytes per finished order", None, source="#7"),
-    Target("without_ttl", "bucket and finished-order keys without a TTL", EXACTLY, 0, "#7"),
+    Target("queued_bytes", "Redis bytes per queued order", AT_MOST, 400, "#17"),
+    Target("decided_bytes", "Redis bytes per decided order, a minute after", AT_MOST, 50, "#17"),
+    Target("jobs_left", "RQ job hashes left once every order is decided", EXACTLY, 0, "#17"),
+    Target("without_ttl", "bucket keys without a TTL", EXACTLY, 0, "#7"),
     Target("buckets_left", "idle buckets left once their TTL passed", EXACTLY, 0, "#7"),
-    Target("order_ttl", "longest a finished order is kept, s", AT_MOST, RESULT_TTL_SECONDS, "#7"),
     Target("replaced", "API processes replaced during the run (RSS flat cannot be judged)", EXACTLY, 0, "#7"),
     Target("rss", "API RSS, last minute against the first, largest change %", AT_MOST, 10, "#7"),
 )
@@ -109,7 +121,55 @@ def _fresh_bucket_figures(system: BenchSystem) -> dict:
     return _key_figures(system.redis, "fs:rl:*")
 
 
+def _used_memory(redis: Redis) -> int:
+    return redis.info("memory")["used_memory"]
+
+
+def _idle_buckets_gone(system: BenchSystem) -> None:
+    """The load's buckets live until full again (5 s by default): wait them out."""
+    wait_until(
+        lambda: next(system.redis.scan_iter(match="fs:rl:*", count=1000), None) is None,
+        60,
+        "the buyers' buckets expired",
+        interval=0.5,
+    )
+
+
+def _all_decided(system: BenchSystem) -> bool:
+    queue = order_queue(system.redis)
+    undecided = system.redis.zcard(ADMITTED_KEY)
+    return not undecided and not queue.count and not StartedJobRegistry(queue=queue).count
+
+
+def measure_queue(system: BenchSystem, orders: int = QUEUED_ORDERS, workers: int = 2) -> dict:
+    """Bytes per queued and per decided order (no worker runs until the orders are queued)."""
+    restock(system, orders)
+    _idle_buckets_gone(system)
+    before = _used_memory(system.redis)
+    wrk = run_wrk(system.url, 30, 16, 2, 200_000, requests=orders * 2)
+    _idle_buckets_gone(system)
+    queued = system.redis.zcard(ADMITTED_KEY)
+    with_queue = _used_memory(system.redis)
+    began = time.monotonic()
+    for _ in range(workers):
+        system.start_worker()
+    wait_until(lambda: _all_decided(system), 600, "every queued order decided", interval=0.2)
+    drained_seconds = round(time.monotonic() - began, 1)
+    time.sleep(DECIDED_WAIT_SECONDS)
+    after = _used_memory(system.redis)
+    return {
+        "orders": queued,
+        "statuses": wrk["statuses"],
+        "used_memory": {"before": before, "queued": with_queue, "decided_a_minute_after": after},
+        "queued_bytes": round((with_queue - before) / max(queued, 1)),
+        "decided_bytes": round((after - before) / max(queued, 1)),
+        "jobs_left": sum(1 for _ in system.redis.scan_iter(match="rq:job:*", count=1000)),
+        "drained_seconds": drained_seconds,
+    }
+
+
 def run_memory(system: BenchSystem, minutes: int) -> dict:
+    queue_figures = measure_queue(system)
     samples: list = []
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(system, stop, samples))
@@ -124,15 +184,8 @@ def run_memory(system: BenchSystem, minutes: int) -> dict:
     finally:
         stop.set()
         sampler.join()
-    queue = order_queue(system.redis)
-
-    def finished() -> bool:  # an order is decided before its RQ job has run (another's batch did it)
-        undecided = system.redis.zcard(ADMITTED_KEY)
-        return not undecided and not queue.count and not StartedJobRegistry(queue=queue).count
-
-    wait_until(finished, 600, "every order decided and its job finished", interval=0.5)
+    wait_until(lambda: _all_decided(system), 600, "every order decided and its job finished", interval=0.5)
     buckets = _fresh_bucket_figures(system)
-    jobs = _key_figures(system.redis, "rq:job:order-*")
     # An idle bucket lives until it would be full again: capacity / refill, 5 s by default.
     idle_after = max(buckets["ttl_ms_max"] or 0, 0) / 1000 + 1
     time.sleep(idle_after)
@@ -140,11 +193,11 @@ def run_memory(system: BenchSystem, minutes: int) -> dict:
     return {
         "durability": system.durability(),
         "minutes": minutes,
+        "queue": queue_figures,
         "statuses": statuses,
         "rss": samples,
         "buckets": buckets,
         "buckets_left_after_idle_seconds": [round(idle_after, 1), buckets_left],
-        "finished_order_jobs": jobs,
         "pending_left": system.redis.llen(pending_key(1)),
         "redis_used_memory": system.redis.info("memory")["used_memory"],
     }
@@ -170,17 +223,17 @@ def rss_change(result: dict) -> list[float | None]:
 
 def judge(result: dict, verdict: Verdict) -> None:
     where = run_with(result["durability"])
-    b, j = result["buckets"], result["finished_order_jobs"]
+    b, q = result["buckets"], result["queue"]
     answers = ", ".join(f"{n:,} x {s}" for s, n in sorted(result["statuses"].items()))
     verdict.check("bucket_bytes", b["mean_bytes"], where, f"{b['keys']:,} live, TTL ≤ {b['ttl_ms_max']} ms")
-    detail = f"its RQ job hash; {j['keys']:,} kept; pending orders left: {result['pending_left']}"
-    verdict.check("order_bytes", j["mean_bytes"], where, detail)
-    verdict.check(
-        "without_ttl", b["without_ttl"] + j["without_ttl"], where, f"of up to {KEY_SAMPLE} of each kind"
-    )
+    orders = f"{q['orders']:,} orders queued with no worker running"
+    verdict.check("queued_bytes", q["queued_bytes"], where, orders)
+    detail = f"{DECIDED_WAIT_SECONDS} s after two workers decided them in {q['drained_seconds']} s"
+    verdict.check("decided_bytes", q["decided_bytes"], where, detail)
+    verdict.check("jobs_left", q["jobs_left"], where, f"pending orders left: {result['pending_left']}")
+    verdict.check("without_ttl", b["without_ttl"], where, f"of up to {KEY_SAMPLE}")
     idle, left = result["buckets_left_after_idle_seconds"]
     verdict.check("buckets_left", left, where, f"{idle} s after the load")
-    verdict.check("order_ttl", round((j["ttl_ms_max"] or 0) / 1000), where)
     if result["minutes"] >= 2:  # a first and a last minute
         changes = rss_change(result)
         lived = [c for c in changes if c is not None]
@@ -198,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     add_options(parser)
     args = parser.parse_args(argv)
     verdict = Verdict("memory", TARGETS, args.target)
-    with running_system(workers=2, stock=0, appendfsync="everysec") as system:
+    with running_system(workers=0, stock=0, appendfsync="everysec") as system:
         result = run_memory(system, args.minutes)
     judge(result, verdict)
     return verdict.finish(result, args.publish)

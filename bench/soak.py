@@ -46,7 +46,7 @@ from bench.system import BenchSystem, running_system
 from bench.wrk import run_wrk
 from service.cli.dev_servers import wait_until
 from service.core.keys import ADMITTED_KEY, gate_key
-from service.sale.order_jobs import RESULT_TTL_SECONDS, order_queue
+from service.sale.order_jobs import order_queue
 
 LOAD_SHARE = 0.7
 FALLBACK_ADMIT_RATE = 6_500
@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle-seconds",
         type=float,
-        default=RESULT_TTL_SECONDS + 120,
-        help="how long Redis memory may take to come back (default: the finished jobs' TTL + 2 min)",
+        default=120,
+        help="how long Redis memory may take to come back (default 2 min: a decided order leaves at once)",
     )
     args = parser.parse_args(argv)
     rate = args.rate or default_rate()

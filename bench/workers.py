@@ -1,19 +1,18 @@
 """Confirmed orders per second for 1, 2 and 4 workers, every order for one hot product.
 
-    python -m bench.workers [--orders 20000] [--runs 3] [--appendfsync everysec]
+    python -m bench.workers [--orders 20000] [--runs 5] [--appendfsync everysec]
 
-Orders are admitted first (through lua/admit.lua, as the API does, so workers can claim
-them in batches of FLASHSALE_WORKER_BATCH_SIZE), then the workers start and drain the queue
-in burst mode. Two figures: **confirmed/s**, orders over the span of their ``decided_at``
-in PostgreSQL (what buyers see: an order is confirmed for ``GET /orders`` once its batch
-commits), and **jobs/s**, RQ jobs finished from the first decision to the last worker's exit
-(a job whose order an earlier batch decided returns without a database call). Process
-start-up is in neither. It runs on throwaway Redis with its AOF and PostgreSQL with fsync
-on; 1, 2 and 4 workers in turn, ``--runs`` times. Every order is an RQ job whose bookkeeping
-costs a worker several Redis writes, each waiting for an fsync with appendfsync always: a
-drain then takes minutes, so the default is everysec. It prints each of TARGETS with what was
-measured (confirmed/s with four workers in the slowest run; more workers never slower, in
-every run), saves the figures, and exits 1 when a target is missed.
+Orders are admitted first (through lua/admit.lua, as the API does: each on the product's
+pending list, and one draining job for the product), then the workers start in burst mode
+and the one that takes the draining job applies the list in batches of
+FLASHSALE_WORKER_BATCH_SIZE (the others find nothing to do and exit). Two figures:
+**confirmed/s**, orders over the span of their ``decided_at`` in PostgreSQL (what buyers
+see: an order is confirmed for ``GET /orders`` once its batch commits), and **orders/s to
+exit**, orders from the first decision to the last worker's exit. Process start-up is in
+neither. It runs on throwaway Redis with its AOF and PostgreSQL with fsync on; 1, 2 and 4
+workers in turn, ``--runs`` times. It prints each of TARGETS with what was measured
+(confirmed/s with four workers in the slowest run; more workers never slower, in every run),
+saves the figures, and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -42,13 +41,13 @@ ADMIT_CONCURRENCY = 256
 WORKERS = (1, 2, 4)
 
 TARGETS = (
-    Target("four", "confirmed orders/s with 4 workers, slowest run", AT_LEAST, 2_700, "#7"),
+    Target("four", "confirmed orders/s with 4 workers, slowest run", AT_LEAST, 20_000, "#17"),
     Target(
         "more_never_slower",
         "more workers never slower: least gain, confirmed/s, from 1 to 2 or 2 to 4 workers in any run",
         AT_LEAST,
         0,
-        "#7",
+        "#17",
     ),
 )
 
@@ -126,7 +125,7 @@ def judge(runs: list[dict[int, dict]], where: str, verdict: Verdict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=3, help="how many times 1, 2 and 4 workers drain")
+    parser.add_argument("--runs", type=int, default=5, help="how many times 1, 2 and 4 workers drain")
     parser.add_argument("--appendfsync", choices=APPENDFSYNC, default="everysec", help="Redis's AOF policy")
     add_options(parser)
     args = parser.parse_args(argv)
@@ -138,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             durability = read_durability(redis, engine)
         engine.dispose()
         print(f"one hot product, {args.orders:,} orders ({run_with(durability)})")
-        print(f"{'run':>4} {'workers':>8} {'confirmed/s':>12} {'jobs/s':>8}")
+        print(f"{'run':>4} {'workers':>8} {'confirmed/s':>12} {'orders/s to exit':>17}")
         runs = []
         for n in range(1, args.runs + 1):
             runs.append({})
             for workers in WORKERS:
                 confirmed, jobs = drain_rates(redis_server.url, postgres_server.url, workers, args.orders)
                 runs[-1][workers] = {"confirmed_per_second": confirmed, "jobs_per_second": jobs}
-                print(f"{n:>4} {workers:>8} {confirmed:>12,} {jobs:>8,}")
+                print(f"{n:>4} {workers:>8} {confirmed:>12,} {jobs:>17,}")
     judge(runs, run_with(durability), verdict)
     figures = {"orders": args.orders, "durability": durability, "runs": runs}
     return verdict.finish(figures, args.publish)

@@ -11,7 +11,6 @@ from datetime import datetime
 
 from sqlalchemy import Engine, any_, bindparam, text, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from db.models import Order, OrderStatus, Product, RejectReason
@@ -170,19 +169,22 @@ def _take_stock(session: Session, product_id: int, row, verdicts: list) -> bool:
 
 
 def record_failure(engine: Engine, order: AdmittedOrder) -> Outcome:
-    """Reject an order whose job gave up, unless a run already decided it."""
+    """Reject an order as failed, unless a run already decided it (a batch of one)."""
+    return record_failures(engine, [order])[order.order_id]
+
+
+def record_failures(engine: Engine, orders: list[AdmittedOrder]) -> dict[uuid.UUID, Outcome]:
+    """Reject, as failed, the orders of a draining job that gave up, in one transaction; an
+    order some run already decided keeps its decision (``applied_now`` False)."""
     with Session(engine) as session:
-        decided = session.get(Order, order.order_id)
-        if decided is not None:
-            return Outcome(decided.status, decided.reason, 0, applied_now=False)
-        session.add(Order(**_order_values(order, OrderStatus.REJECTED, RejectReason.FAILED)))
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            decided = session.get(Order, order.order_id)
-            return Outcome(decided.status, decided.reason, 0, applied_now=False)
-    return Outcome(OrderStatus.REJECTED, RejectReason.FAILED, 0, applied_now=True)
+        decided = _decided(session, [o.order_id for o in orders], 0)
+        todo = [o for o in orders if o.order_id not in decided]
+        written = _write_rows(session, [(o, OrderStatus.REJECTED, RejectReason.FAILED) for o in todo])
+        if len(written) < len(todo):  # decided by another run meanwhile: theirs stand
+            decided |= _decided(session, [o.order_id for o in todo if o.order_id not in written], 0)
+        session.commit()
+    failed = Outcome(OrderStatus.REJECTED, RejectReason.FAILED, 0, applied_now=True)
+    return decided | {order_id: failed for order_id in written}
 
 
 def _order_values(order: AdmittedOrder, status: str, reason: str | None) -> dict:

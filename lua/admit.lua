@@ -7,25 +7,29 @@
 -- KEYS[1]     stock gate, fs:{p:<id>}:stock: units not yet promised
 -- KEYS[2]     idempotency record, fs:idem:{<digest>} of the customer and its key (any unused key
 --             when there is none)
--- KEYS[3]     the order's RQ job hash, rq:job:order-<order_id>
+-- KEYS[3]     a draining job's hash, rq:job:drain-<id>-<order_id>, written only when the
+--             product has no draining job (KEYS[9] absent)
 -- KEYS[4]     the RQ queue list, rq:queue:orders
 -- KEYS[5]     the product's sale, fs:{p:<id>}:sale: opens_ms, closes_ms, per_customer (0 = none)
 -- KEYS[6]     units this customer was admitted for, fs:{p:<id>}:bought:<customer_digest>
--- KEYS[7]     admitted orders not yet decided, fs:admitted: job id scored by admission ms
--- KEYS[8]     the product's undecided orders, fs:{p:<id>}:pending, for workers to apply in batches
--- KEYS[9..]   the route's rate-limit buckets (see token_buckets.lua), when they live on this Redis
+-- KEYS[7]     admitted orders not yet decided, fs:admitted: order id scored by admission ms
+-- KEYS[8]     the product's undecided orders, fs:{p:<id>}:pending: one compact entry each, oldest
+--             first, the queue its draining job applies in batches
+-- KEYS[9]     the product's draining job, fs:{p:<id>}:drain: the id of the one queued or running
+-- KEYS[10..]  the route's rate-limit buckets (see token_buckets.lua), when they live on this Redis
 --             (else none)
 -- ARGV[1]     the caller's time in µs, or "" for Redis TIME (see buckets.lib.lua)
 -- ARGV[2]     quantity (>= 1)
 -- ARGV[3]     order id
--- ARGV[4]     the order's RQ job id (what the queue list holds)
+-- ARGV[4]     the id of the draining job of KEYS[3] (what the queue list holds)
 -- ARGV[5]     request fingerprint for the idempotency key, or "" when the request has none
 -- ARGV[6]     seconds an idempotency record lives
 -- ARGV[7]     seconds a customer's purchase count lives
--- ARGV[8]     n, the number of buckets in KEYS[9..]
+-- ARGV[8]     n, the number of buckets in KEYS[10..]
 -- ARGV[9..8+3n]   capacity, refill (micro-tokens/s), cost of each bucket
--- ARGV[9+3n]      the order as JSON (the job's arguments), for the pending list
--- ARGV[10+3n..]   the job hash, field, value, ... in RQ's own format (service/sale/order_jobs.py builds it)
+-- ARGV[9+3n]      the order's pending entry (service/sale/order_jobs.py: order_entry)
+-- ARGV[10+3n..]   the draining job's hash, field, value, ... in RQ's own format
+--                 (service/sale/order_jobs.py builds it), written only when KEYS[9] is absent
 -- returns     {outcome, now µs, detail, then per bucket: allowed, remaining, retry ms, full ms}
 --             outcome 1 admitted (detail: units left), 0 rate-limited, 2 not enough stock
 --             (detail: units left), 3 gate missing (rebuild it from PostgreSQL, then retry),
@@ -44,7 +48,7 @@ local quantity = tonumber(ARGV[2])
 local fingerprint = ARGV[5]
 local limits = tonumber(ARGV[8])
 
-local admitted, buckets = bucket_check(KEYS, 9, ARGV, 9, limits, now, app_clock)
+local admitted, buckets = bucket_check(KEYS, 10, ARGV, 9, limits, now, app_clock)
 
 if fingerprint ~= '' then
   local earlier = redis.call('HMGET', KEYS[2], 'fp', 'order')
@@ -90,11 +94,18 @@ end
 
 bucket_charge(buckets)
 left = redis.call('DECRBY', KEYS[1], quantity)
-redis.call('HSET', KEYS[3], unpack(ARGV, 10 + 3 * limits))
-redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('ZADD', KEYS[7], now_ms, ARGV[4])
 redis.call('RPUSH', KEYS[8], ARGV[9 + 3 * limits])
-redis.call('EXPIRE', KEYS[8], 86400)
+redis.call('ZADD', KEYS[7], now_ms, ARGV[3])
+-- One draining job per product: queue one unless the product has one. Its job ends only in
+-- a step that finds the pending list empty and deletes the flag (settle.lua), so this entry
+-- is either seen by the running drain or finds the flag gone and queues a new one. The flag
+-- of a queued job has no TTL (RQ's list keeps the job); a running drain holds it on a lease
+-- it renews at every batch (settle.lua), so the flag of a drain whose worker died lapses
+-- and the next order queues a new one.
+if redis.call('SET', KEYS[9], ARGV[4], 'NX') then
+  redis.call('HSET', KEYS[3], unpack(ARGV, 10 + 3 * limits))
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+end
 if fingerprint ~= '' then
   redis.call('HSET', KEYS[2], 'fp', fingerprint, 'order', ARGV[3])
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))

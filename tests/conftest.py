@@ -122,8 +122,10 @@ def worker_env(monkeypatch, settings_env):
         get_settings.cache_clear()
         jobs.engine.cache_clear()
         jobs._redis.cache_clear()
+        jobs._settle_script.cache_clear()
 
     yield use
     get_settings.cache_clear()
     jobs.engine.cache_clear()
     jobs._redis.cache_clear()
+    jobs._settle_script.cache_clear()

@@ -1,21 +1,17 @@
-"""lua/admit.lua through service/sale/admission.py on a real Redis, and the jobs it writes on RQ's own
-worker."""
+"""lua/admit.lua through service/sale/admission.py on a real Redis, and the draining jobs it writes
+on RQ's own worker."""
 
 import asyncio
 import json
 import re
-import uuid
 import zlib
-from datetime import datetime
 
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from db.orders import AdmittedOrder
-from service.cli.dev_servers import free_port
-from service.core.keys import ADMITTED_KEY, gate_key, job_key, order_job_id
+from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
 from service.limiter.identity import ClientIdentity
 from service.sale.admission import Decision, admit
 from service.sale.order_jobs import order_queue
@@ -23,8 +19,7 @@ from service.sale.resources import close_resources, open_resources
 from service.sale.stock_gate import set_gate
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state
-from tests.support.enqueue import enqueue_order
-from worker.jobs import DECIDED_EARLIER
+from tests.support.enqueue import enqueue_drain
 
 
 def _client(ip="203.0.113.7", customer=None):
@@ -58,7 +53,8 @@ def test_the_gate_hands_out_all_or_nothing(settings, redis):
     assert (two.decision, two.left) == (Decision.ADMITTED, 1)
     assert (too_many.decision, too_many.left) == (Decision.NOT_ENOUGH_STOCK, 1)
     assert (last.decision, last.left) == (Decision.ADMITTED, 0)
-    assert redis.llen("rq:queue:orders") == 2
+    assert redis.llen(pending_key(1)) == 2
+    assert redis.llen("rq:queue:orders") == 1, "one draining job for the product, not one per order"
 
 
 def test_a_missing_gate_is_reported_not_invented(settings, redis):
@@ -80,7 +76,8 @@ def test_two_thousand_concurrent_buyers_get_exactly_the_stock(settings, redis):
 
     assert _run(settings, body) == 250
     assert int(redis.get(gate_key(1))) == 0
-    assert redis.llen("rq:queue:orders") == 250
+    assert redis.llen(pending_key(1)) == 250 and redis.zcard(ADMITTED_KEY) == 250
+    assert redis.llen("rq:queue:orders") == 1
 
 
 def test_a_no_charges_nothing(settings, redis):
@@ -119,7 +116,7 @@ def test_an_idempotency_key_returns_the_first_order_and_makes_no_second(settings
     assert (again.decision, again.order_id) == (Decision.REPLAY, first.order_id)
     assert (other_payload.decision, other_payload.order_id) == (Decision.KEY_REUSED, first.order_id)
     assert other_client.decision is Decision.ADMITTED and other_client.order_id != first.order_id
-    assert redis.llen("rq:queue:orders") == 2 and int(redis.get(gate_key(1))) == 8
+    assert redis.llen(pending_key(1)) == 2 and int(redis.get(gate_key(1))) == 8
     ttls = [redis.ttl(key) for key in redis.keys("fs:idem:*")]
     assert len(ttls) == 2 and all(23 * 3600 < ttl <= 24 * 3600 for ttl in ttls)
 
@@ -128,25 +125,26 @@ RQ_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 """How RQ writes a job's times (rq.utils.utcformat)."""
 
 
-def test_admit_writes_the_job_hash_rq_itself_writes(settings, redis):
-    """RQ's own enqueue of the same job (its id, arguments, options and drawn retry waits)
-    writes the same hash, field for field, but that admit.lua leaves the call data uncompressed
-    (RQ reads both) and stamps the admission's time instead of the enqueue's."""
+def test_admit_writes_the_draining_job_hash_rq_itself_writes(settings, redis):
+    """RQ's own enqueue of the same draining job (its id, arguments, options and drawn retry
+    waits) writes the same hash, field for field, but that admit.lua leaves the call data
+    uncompressed (RQ reads both) and stamps the admission's time instead of the enqueue's."""
     set_gate(redis, 1, 10)
 
     async def body(resources):
         return await _admit(resources)
 
     admission = _run(settings, body)
+    job_id = redis.get(drain_flag_key(1)).decode()
+    assert job_id == f"drain-1-{admission.order_id}", "named after the order whose admission queued it"
     queue = order_queue(redis)
-    ours = redis.hgetall(job_key(admission.order_id))
-    job = Job.fetch(order_job_id(admission.order_id), connection=redis, serializer=queue.serializer)
-    order_id, product_id, quantity, client_id, admitted_at = job.args
-    order = AdmittedOrder(
-        uuid.UUID(order_id), product_id, quantity, client_id, datetime.fromisoformat(admitted_at)
-    )
+    ours = redis.hgetall(Job.key_for(job_id))
+    job = Job.fetch(job_id, connection=redis, serializer=queue.serializer)
+    assert job.args == [1]
     redis.delete(job.key)  # RQ enqueues a job id only once
-    rqs = redis.hgetall(enqueue_order(queue, order, settings.job_timeout_seconds, job.retry_intervals).key)
+    rqs = redis.hgetall(
+        enqueue_drain(queue, 1, job_id, settings.job_timeout_seconds, job.retry_intervals).key
+    )
 
     assert set(ours) == set(rqs), "the same fields"
     assert ours[b"data"] == zlib.decompress(rqs[b"data"])
@@ -162,48 +160,19 @@ def test_admit_writes_the_job_hash_rq_itself_writes(settings, redis):
     assert all(0.5 * b - 1 <= wait <= 1.5 * b + 1 for wait, b in zip(waits, base, strict=True)), "jittered"
 
 
-def test_rqs_own_simple_worker_runs_the_jobs_admit_writes(settings, redis, fresh_db, worker_env):
+def test_rqs_own_simple_worker_runs_the_draining_job_admit_writes(settings, redis, fresh_db, worker_env):
     """``rq.worker.SimpleWorker`` as shipped, with RQ's JSON serializer: no class of ours. The
-    first job decides its order and the four admitted behind it; theirs find them decided."""
+    one draining job decides the five orders, ends the drain and leaves nothing behind: no
+    job hash, no result, no pending entry, no admitted record, no flag."""
     worker_env()
     admitted = admit_orders(settings, 5)
     queue = order_queue(redis)
+    job_id = redis.get(drain_flag_key(1)).decode()
+    assert queue.get_job_ids() == [job_id]
     SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
 
     assert set(order_rows(fresh_db)) == set(admitted)
     assert product_state(fresh_db)[0] == 95
-    jobs = [Job.fetch(order_job_id(o), connection=redis, serializer=JSONSerializer) for o in admitted]
-    assert [job.get_status() for job in jobs] == [JobStatus.FINISHED] * 5
-    assert [job.return_value() for job in jobs] == [{"status": "confirmed", "reason": None}] + [
-        {"status": DECIDED_EARLIER, "reason": None}
-    ] * 4
-    assert FailedJobRegistry(queue=queue).count == 0 and redis.zcard(ADMITTED_KEY) == 0
-
-
-def test_a_batch_decides_its_mates_at_once_and_their_own_jobs_touch_no_database(
-    settings, redis, fresh_db, worker_env
-):
-    """One job claims the orders admitted behind it; clients see them decided at once, and
-    their jobs, run later, find nothing left to do (PostgreSQL is away and they still finish)."""
-    from litestar.testing import TestClient
-
-    from service.api.app import create_app
-
-    async def body(resources):
-        return [await _admit(resources, _client(f"10.2.0.{i}")) for i in range(4)]
-
-    first, *mates = [a.order_id for a in _run(settings, body)]
-    queue = order_queue(redis)
-    worker_env()
-    first_job = Job.fetch(order_job_id(first), connection=redis, serializer=queue.serializer)
-    assert first_job.perform()["status"] == "confirmed"
-    assert set(order_rows(fresh_db)) == {first, *mates}
-    with TestClient(create_app(settings)) as client:
-        for order_id in mates:  # their jobs still wait in the queue
-            assert Job.fetch(order_job_id(order_id), connection=redis).get_status() == "queued"
-            assert client.get(f"/orders/{order_id}").json()["status"] == "confirmed"
-
-    worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
-    for order_id in mates:
-        job = Job.fetch(order_job_id(order_id), connection=redis, serializer=queue.serializer)
-        assert job.perform() == {"status": DECIDED_EARLIER, "reason": None}
+    assert FailedJobRegistry(queue=queue).count == 0 and queue.count == 0
+    assert redis.zcard(ADMITTED_KEY) == 0 and redis.llen(pending_key(1)) == 0
+    assert not redis.exists(Job.key_for(job_id), drain_flag_key(1)), "a decided order leaves Redis at once"

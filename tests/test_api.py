@@ -253,8 +253,9 @@ def test_an_outage_logs_one_line_a_second_not_one_per_503(monkeypatch, caplog):
 
 
 def test_metrics_show_the_queue_depth_worker_autoscaling_follows(client, redis):
-    """No worker runs here: the three admitted orders wait; two live started entries (and
-    one a dead worker left behind, expired) make the in-flight count."""
+    """No worker runs here: the three admitted orders wait for their product's one draining
+    job; two live started entries (and one a dead worker left behind, expired) make the
+    in-flight count."""
     for _ in range(3):
         assert client.post("/buy", json={}).status_code == 202
     now = time.time()
@@ -269,5 +270,5 @@ def test_metrics_show_the_queue_depth_worker_autoscaling_follows(client, redis):
             if line.startswith(f'{name}{{queue="orders"}}')
         }
 
-    expected = {"flashsale_queue_depth": 3, "flashsale_queue_in_flight": 2, "flashsale_queue_backlog": 5}
+    expected = {"flashsale_queue_depth": 1, "flashsale_queue_in_flight": 2, "flashsale_queue_backlog": 3}
     wait_until(lambda: gauges() == expected, 10, f"queue gauges {expected}")

@@ -158,17 +158,17 @@ def test_workers_hold_a_floor_with_four_and_more_workers_are_never_slower_in_any
     from bench.workers import TARGETS, judge
 
     verdict = Verdict("workers", TARGETS)
-    judge(_workers((6_010, 9_565, 10_253), (5_749, 9_271, 9_283)), WHERE, verdict)
+    judge(_workers((20_010, 21_565, 22_253), (20_749, 21_271, 21_283)), WHERE, verdict)
     assert verdict.missed() == []
-    assert verdict.checks[0]["measured"] == 9_283  # the slowest run's four workers
-    assert verdict.checks[1]["detail"] == "run 2 of 2: 2 → 4 workers, 9,271 → 9,283"
+    assert verdict.checks[0]["measured"] == 21_283  # the slowest run's four workers
+    assert verdict.checks[1]["detail"] == "run 2 of 2: 2 → 4 workers, 21,271 → 21,283"
     verdict = Verdict("workers", TARGETS)
-    judge(_workers((4_035, 5_193, 4_670), (3_000, 2_999, 3_100)), WHERE, verdict)
+    judge(_workers((24_035, 25_193, 24_670), (23_000, 22_999, 23_100)), WHERE, verdict)
     assert [(target, measured) for target, measured, _ in _missed(verdict)] == [
-        ("more_never_slower", -523),  # the worst step of all runs: 5,193 → 4,670
+        ("more_never_slower", -523),  # the worst step of all runs: 25,193 → 24,670
     ]
     verdict = Verdict("workers", TARGETS)
-    judge(_workers((1_000, 2_000, 2_699)), WHERE, verdict)
+    judge(_workers((10_000, 15_000, 19_999)), WHERE, verdict)
     assert [target for target, _, _ in _missed(verdict)] == ["four"]
 
 
@@ -182,7 +182,7 @@ def test_api_memory_is_flat_when_the_last_minute_is_within_ten_percent_of_the_fi
     assert rss_change({"rss": steady + grown}) == [0.0, 0.15]
 
 
-def _memory(bucket_ttl_ms=900, job_ttl_ms=599_000, without_ttl=0, left=0, grown=0) -> dict:
+def _memory(queued_bytes=180, decided_bytes=2, jobs_left=0, without_ttl=0, left=0, grown=0) -> dict:
     from bench.memory import SAMPLE_EVERY_SECONDS
 
     per_minute = 60 // SAMPLE_EVERY_SECONDS
@@ -191,15 +191,16 @@ def _memory(bucket_ttl_ms=900, job_ttl_ms=599_000, without_ttl=0, left=0, grown=
     return {
         "durability": {"redis": {"appendonly": "yes", "appendfsync": "always"}},
         "minutes": 2,
+        "queue": {
+            "orders": 20_000,
+            "queued_bytes": queued_bytes,
+            "decided_bytes": decided_bytes,
+            "jobs_left": jobs_left,
+            "drained_seconds": 2.5,
+        },
         "statuses": {202: 10_000, 409: 100_000},
         "rss": first + last,
-        "buckets": {"keys": 50, "mean_bytes": 136, "ttl_ms_max": bucket_ttl_ms, "without_ttl": without_ttl},
-        "finished_order_jobs": {
-            "keys": 10_000,
-            "mean_bytes": 1_696,
-            "ttl_ms_max": job_ttl_ms,
-            "without_ttl": 0,
-        },
+        "buckets": {"keys": 50, "mean_bytes": 136, "ttl_ms_max": 900, "without_ttl": without_ttl},
         "buckets_left_after_idle_seconds": [1.9, left],
         "pending_left": 0,
     }
@@ -211,16 +212,22 @@ def test_memory_reports_bytes_and_holds_expiry_and_flat_api_memory():
     verdict = Verdict("memory", TARGETS)
     judge(_memory(), verdict)
     assert verdict.missed() == []
-    assert [(c["target"], c["measured"], c["met"]) for c in verdict.checks[:2]] == [
+    assert [(c["target"], c["measured"], c["met"]) for c in verdict.checks[:3]] == [
         ("bucket_bytes", 136, None),
-        ("order_bytes", 1_696, None),
+        ("queued_bytes", 180, True),
+        ("decided_bytes", 2, True),
     ]
     verdict = Verdict("memory", TARGETS)
-    judge(_memory(job_ttl_ms=601_000, without_ttl=2, left=3, grown=30), verdict)
+    judge(
+        _memory(queued_bytes=2_300, decided_bytes=6_600, jobs_left=5, without_ttl=2, left=3, grown=30),
+        verdict,
+    )
     assert [(target, measured) for target, measured, _ in _missed(verdict)] == [
+        ("queued_bytes", 2_300),
+        ("decided_bytes", 6_600),
+        ("jobs_left", 5),
         ("without_ttl", 2),
         ("buckets_left", 3),
-        ("order_ttl", 601),
         ("rss", 15.0),
     ]
     replaced = _memory(grown=30)

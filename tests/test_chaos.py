@@ -25,7 +25,7 @@ from rq import Worker
 from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine, text
 
-from db.migrate import migrate
+from db.migrate import migrate, wait_for_server
 from db.session import make_engine
 from service.cli.dev_servers import Server, restartable_postgres, restartable_redis, wait_until
 from service.core.keys import ADMITTED_KEY, gate_key
@@ -59,7 +59,8 @@ class Fault:
     undecided: int
     """Orders admitted and not yet decided as it fired."""
     held_job: str | None = None
-    """For a kill: the job the worker held when it died, found afterwards in RQ's started registry."""
+    """For a kill: the draining job the worker held when it died, found afterwards in RQ's started
+    registry."""
 
 
 def _sold(redis: Redis) -> int:
@@ -98,6 +99,9 @@ def _fire(kind: str, sale: Sale) -> Fault:
     """One fault, while a rival transaction holds the product's row and a worker waits on it
     inside its job; orders admitted meanwhile wait undecided."""
     redis, engine = sale.redis, sale.engine
+    # The sale may reach the next fault's progress while PostgreSQL, just restarted, still
+    # starts up (its port opens before it takes connections): the rival waits for it.
+    wait_for_server(sale.postgres_server.url, timeout=30)
     rival = engine.connect()
     rival_tx = rival.begin()
     rival.execute(text("SELECT 1 FROM products WHERE id = 1 FOR UPDATE"))
@@ -181,6 +185,11 @@ def test_the_invariants_survive_a_chaos_sale(settings_env, tmp_path):
                 raise errors[0]
             assert [fault.kind for fault in faults] == [kind for kind, _ in PLAN]
             replies += fire_concurrently(system.urls, buyers[PACED_REQUESTS:REQUESTS], processes=4)
+            print(
+                "DEBUGFAULTS",
+                [(f.kind, round(f.started % 1000, 2), round(f.ended % 1000, 2), f.undecided) for f in faults],
+                round(max(r.done_at for r in replies if r.status == 202) % 1000, 2),
+            )
             for fault in faults:
                 _assert_landed(fault, replies)
 

@@ -1,6 +1,7 @@
-"""Order jobs that failed every retry: decided when PostgreSQL can take the rejection, else
-dead letters that wait ``queued``, listed by `flashsale orders failed`, run again by the
-stranded-order sweep or `flashsale orders requeue`, and gone from RQ's failed registry once decided."""
+"""Draining jobs that failed every retry: their batch decided when PostgreSQL can take the
+rejection, else dead letters whose orders wait ``queued``, listed by `flashsale orders failed`,
+run again by the stranded-order sweep or `flashsale orders requeue`, and gone from RQ's failed
+registry once decided."""
 
 import threading
 from collections import defaultdict
@@ -17,7 +18,7 @@ from db.migrate import migrate, wait_for_server
 from db.session import make_engine
 from service.api.app import create_app
 from service.cli.dev_servers import free_port, restartable_postgres, wait_until
-from service.core.keys import ADMITTED_KEY, gate_key, order_job_id
+from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
 from service.core.settings import settings_from_env
 from service.sale.order_jobs import order_queue
 from service.sale.reconcile import reconcile
@@ -58,28 +59,30 @@ def test_an_order_whose_retries_all_failed_while_postgresql_was_away_waits_queue
 ):
     settings = settings_from_env({**settings_env, BACKOFF: "0"})  # one retry
     (order_id,) = admit_orders(settings, 1, quantity=2)
-    job_id = order_job_id(order_id)
+    job_id = redis.get(drain_flag_key(1)).decode()
     worker_env(FLASHSALE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
     _work(redis)
     assert order_rows(fresh_db) == {}, "PostgreSQL was away: nothing could be written"
     assert FailedJobRegistry(queue=order_queue(redis)).get_job_ids() == [job_id]
-    assert redis.zscore(ADMITTED_KEY, job_id) is not None and _gate(redis) == 98, "undecided, units held"
+    assert redis.zscore(ADMITTED_KEY, order_id) is not None and _gate(redis) == 98, "undecided, units held"
+    assert redis.llen(pending_key(1)) == 1 and redis.get(drain_flag_key(1)).decode() == job_id
     assert _view(settings, order_id)["status"] == "queued", "never terminal without its row"
 
     listed = _cli(settings_env, "failed")
     assert listed.returncode == 0
     assert order_id in listed.stdout and "OperationalError" in listed.stdout
-    assert "1 failed order job(s)" in listed.stderr
+    assert "1 failed order(s)" in listed.stderr
 
     assert _cli(settings_env, "requeue").returncode == 2  # says what to requeue
     requeued = _cli(settings_env, "requeue", order_id)
-    assert requeued.returncode == 0 and "requeued 1" in requeued.stderr
+    assert requeued.returncode == 0 and "requeued 1 order(s)" in requeued.stderr
 
     worker_env()
     _work(redis)
     assert order_rows(fresh_db) == {order_id: ("confirmed", None, 2)}
-    assert "0 failed order job(s)" in _cli(settings_env, "failed").stderr
+    assert "0 failed order(s)" in _cli(settings_env, "failed").stderr
     assert FailedJobRegistry(queue=order_queue(redis)).count == 0 and redis.zcard(ADMITTED_KEY) == 0
+    assert not redis.exists(pending_key(1), drain_flag_key(1))
     assert _gate(redis) == 98 and reconcile(redis, fresh_db) == []
 
 
@@ -89,7 +92,7 @@ def test_an_order_whose_retries_all_failed_while_postgresql_answered_is_rejected
     settings = settings_from_env({**settings_env, BACKOFF: "0,0"})
     seed(fresh_db, redis, stock=3)
     (order_id,) = admit_orders(settings, 1)
-    job_id = order_job_id(order_id)
+    job_id = redis.get(drain_flag_key(1)).decode()
     impatient = make_url(settings.database_url).update_query_dict({"options": "-c lock_timeout=100"})
     worker_env(FLASHSALE_DATABASE_URL=impatient.render_as_string(hide_password=False))
     with fresh_db.connect() as blocker, blocker.begin():
@@ -98,9 +101,10 @@ def test_an_order_whose_retries_all_failed_while_postgresql_answered_is_rejected
         _work(redis)
 
     assert order_rows(fresh_db) == {order_id: ("rejected", "failed", 1)}
-    assert redis.zscore(ADMITTED_KEY, job_id) is None and _gate(redis) == 3, "decided, units back"
+    assert redis.zscore(ADMITTED_KEY, order_id) is None and _gate(redis) == 3, "decided, units back"
+    assert not redis.exists(pending_key(1), drain_flag_key(1)), "nothing left: the drain ended"
     registry = FailedJobRegistry(queue=order_queue(redis))
-    assert registry.get_job_ids() == [job_id], "RQ files the job after its callback decided the order"
+    assert registry.get_job_ids() == [job_id], "RQ files the job after its callback decided the batch"
     assert failed_orders(redis) == [], "decided: not a dead letter"
     assert forget_decided(redis) == 1 and registry.count == 0
     assert _view(settings, order_id) == {"order_id": order_id, "status": "rejected", "reason": "failed"}
@@ -177,20 +181,20 @@ def test_orders_dead_lettered_while_postgresql_is_down_wait_queued_and_are_confi
         stoppable_postgres.stop()
         order_ids = [_buy(system.url, buyer) for buyer in range(3)]
         with Watch(system.url, order_ids, redis) as watch:
-            wait_until(lambda: registry.count == 3, 30, "every order's retries spent", interval=0.1)
+            wait_until(lambda: registry.count == 1, 30, "the drain's retries spent", interval=0.1)
             for order_id in order_ids:
                 view = httpx.get(f"{system.url}/orders/{order_id}").json()
                 assert view == {"order_id": order_id, "status": "queued"}, "dead letters wait, queued"
             listed = run_cli(env, "orders", "failed")
             assert all(order_id in listed.stdout for order_id in order_ids), listed.stdout
             assert sum("OperationalError" in line for line in listed.stdout.splitlines()) == 3
-            assert "3 failed order job(s)" in listed.stderr
+            assert "3 failed order(s)" in listed.stderr
             assert _gate(redis) == 7 and redis.zcard(ADMITTED_KEY) == 3, "their units stay held"
 
             stoppable_postgres.start()
             wait_for_server(database_url, timeout=30)  # its port opens before it takes connections
             assert reconcile(redis, engine) == [] and _gate(redis) == 7, "held units are not handed out"
-            assert registry.count == 3, "reconciled while the dead letters still waited for the sweep"
+            assert registry.count == 1, "reconciled while the dead letter still waited for the sweep"
             views = wait_all_terminal(system.url, order_ids, timeout=60)
         assert {view["status"] for view in views.values()} == {"confirmed"}
         for order_id in order_ids:
@@ -199,13 +203,12 @@ def test_orders_dead_lettered_while_postgresql_is_down_wait_queued_and_are_confi
             assert set(answers[:settled]) == {"queued"} and set(answers[settled:]) == {"confirmed"}, answers
         assert watch.highest_gate == 7, "no reconciler pass (workers run one a second) handed one out"
         assert registry.count == 0, "no decided order in the failed registry"
-        assert "0 failed order job(s)" in run_cli(env, "orders", "failed").stderr
+        assert "0 failed order(s)" in run_cli(env, "orders", "failed").stderr
         assert redis.zcard(ADMITTED_KEY) == 0
         assert_invariants(engine, redis, order_ids, 10)
         logs = "".join(log.read_text() for log in tmp_path.glob("*.log"))
         assert (
-            "waits, undecided, for PostgreSQL" in logs
-            and "error while executing failure callback" not in logs
+            "wait, undecided, for PostgreSQL" in logs and "error while executing failure callback" not in logs
         )
     finally:
         system.stop()

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from db.orders import AdmittedOrder, apply_order, record_failure
 from service.cli.dev_servers import wait_until
-from service.core.keys import ADMITTED_KEY, gate_key, order_job_id
+from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
 from service.limiter.identity import ClientIdentity
 from service.sale.admission import Decision, admit
 from service.sale.order_jobs import FAILURE_TTL_SECONDS, order_queue
@@ -26,17 +26,15 @@ from service.sale.stock_gate import seed
 from tests.support.admitting import admit_orders, try_to_admit
 from tests.support.cli import run_cli
 from tests.support.database import product_state, status_counts
-from tests.support.enqueue import enqueue_order
+from tests.support.enqueue import record_orders
 from tests.support.invariants import assert_invariants
 
 
 def _queue_orders(redis, count, quantity):
-    queue = order_queue(redis)
     orders = [
         AdmittedOrder(uuid.uuid4(), 1, quantity, "203.0.113.7", datetime.now(UTC)) for _ in range(count)
     ]
-    for order in orders:
-        enqueue_order(queue, order, job_timeout=3)
+    record_orders(redis, orders)
     return orders
 
 
@@ -82,7 +80,7 @@ def test_orders_already_in_the_database_are_not_counted_twice(redis, fresh_db):
 
 
 def _place(redis, job_id: str, state: str) -> None:
-    """Move an admitted order's job from the queue to where RQ keeps it in ``state``."""
+    """Move the product's draining job from the queue to where RQ keeps it in ``state``."""
     if state == "queued":
         return
     queue = order_queue(redis)
@@ -112,14 +110,14 @@ def _place(redis, job_id: str, state: str) -> None:
 
 
 @pytest.mark.parametrize("state", ["queued", "intermediate", "started", "scheduled", "failed", "in no list"])
-def test_an_admitted_order_holds_its_units_wherever_rq_keeps_its_job(settings, redis, fresh_db, state):
-    """The reproduction of issue 15: stock 3, three orders admitted, one job moved on by RQ;
-    the reconciler must not hand its unit out again. (Order jobs have no dependencies, so
-    RQ's deferred registry never holds one.)"""
+def test_an_admitted_order_holds_its_units_wherever_rq_keeps_its_drain(settings, redis, fresh_db, state):
+    """The reproduction of issue 15: stock 3, three orders admitted, their draining job moved on
+    by RQ; the reconciler must not hand their units out again. (Draining jobs have no
+    dependencies, so RQ's deferred registry never holds one.)"""
     seed(fresh_db, redis, stock=3)
-    first, *_ = admit_orders(settings, 3)
+    admit_orders(settings, 3)
     assert _gate(redis) == 0
-    _place(redis, order_job_id(first), state)
+    _place(redis, redis.get(drain_flag_key(1)).decode(), state)
 
     assert reconcile(redis, fresh_db) == []
     assert _gate(redis) == 0
@@ -129,7 +127,8 @@ def test_an_admitted_order_holds_its_units_wherever_rq_keeps_its_job(settings, r
 
 def test_a_failed_orders_units_stay_counted_until_they_are_back_in_the_gate(settings, redis, fresh_db):
     """The failure callback writes "rejected failed", then gives the units back to the gate in
-    the step that takes the order off fs:admitted: in between, the units are in neither."""
+    the step that takes the order off its pending list and fs:admitted: in between, the units
+    are in neither."""
     seed(fresh_db, redis, stock=3)
     first, *_ = admit_orders(settings, 3)
     record_failure(fresh_db, AdmittedOrder(uuid.UUID(first), 1, 1, "10.2.0.0", datetime.now(UTC)))
@@ -137,11 +136,11 @@ def test_a_failed_orders_units_stay_counted_until_they_are_back_in_the_gate(sett
     assert _gate(redis) == 0
 
 
-def test_a_gate_is_not_raised_while_an_admitted_orders_job_is_gone(settings, redis, fresh_db):
+def test_a_gate_is_not_raised_while_an_admitted_orders_entry_is_gone(settings, redis, fresh_db):
     """Its product and units are unknown: raising any gate could hand them out again."""
     seed(fresh_db, redis, stock=3)
-    first, *_ = admit_orders(settings, 3)
-    redis.delete(Job.key_for(order_job_id(first)))
+    admit_orders(settings, 3)
+    redis.lpop(pending_key(1))
     assert reconcile(redis, fresh_db) == [] and _gate(redis) == 0
     redis.set(gate_key(1), 5)
     (repair,) = reconcile(redis, fresh_db)
@@ -210,15 +209,12 @@ def _offered_beyond_the_truth(redis, engine) -> int:
     MULTI, so an order decided meanwhile only makes the figure smaller (it cannot raise a false alarm)."""
     with engine.connect() as connection:
         stock = connection.execute(text("SELECT stock FROM products WHERE id = 1")).scalar_one()
-        decided = {
-            order_job_id(str(order_id))
-            for order_id in connection.execute(text("SELECT id FROM orders")).scalars()
-        }
+        decided = {str(order_id) for order_id in connection.execute(text("SELECT id FROM orders")).scalars()}
     with redis.pipeline(transaction=True) as pipe:
         pipe.get(gate_key(1))
         pipe.zrange(ADMITTED_KEY, 0, -1)
         gate, admitted = pipe.execute()
-    undecided = {job_id.decode() for job_id in admitted} - decided
+    undecided = {order_id.decode() for order_id in admitted} - decided
     return int(gate) + len(undecided) - stock  # every order here buys one unit
 
 
@@ -235,8 +231,8 @@ def test_reconciling_while_orders_are_admitted_and_popped_never_offers_more_than
     system, settings, redis, fresh_db
 ):
     """Real concurrency: buyers admitting through admit.lua, two `flashsale worker` processes
-    popping and applying small batches, a reconciler passing again and again, and a watcher
-    checking that the gate never exceeds stock - confirmed - undecided."""
+    draining in batches of one (drains ending and starting again), a reconciler passing again
+    and again, and a watcher checking that the gate never exceeds stock - confirmed - undecided."""
     seed(fresh_db, redis, stock=RACE_STOCK)
     system.env["FLASHSALE_WORKER_BATCH_SIZE"] = "1"
     system.env["FLASHSALE_RECONCILE_INTERVAL_SECONDS"] = "3600"  # only this test's reconciler

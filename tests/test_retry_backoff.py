@@ -1,11 +1,11 @@
-"""FLASHSALE_JOB_RETRY_BACKOFF_SECONDS: the retry waits every order job is written with."""
+"""FLASHSALE_JOB_RETRY_BACKOFF_SECONDS: the retry waits every draining job is written with."""
 
 import json
 
 import pytest
 from rq.job import Job
 
-from service.core.keys import order_job_id
+from service.core.keys import drain_flag_key
 from service.core.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS, SettingsError, settings_from_env
 from service.sale.order_jobs import order_queue
 from service.sale.stock_gate import set_gate
@@ -37,12 +37,14 @@ def test_a_bad_schedule_stops_the_worker_at_start():
     assert NAME in result.stderr and "Traceback" not in result.stderr
 
 
-def test_admitted_jobs_carry_the_configured_schedule_jittered(settings_env, redis):
+def test_draining_jobs_carry_the_configured_schedule_jittered(settings_env, redis):
     settings = settings_from_env({**settings_env, NAME: "0,0,10"})
     set_gate(redis, 1, 100)
     schedules = set()
-    for order_id in admit_orders(settings, 40):
-        job = Job.fetch(order_job_id(order_id), connection=redis, serializer=order_queue(redis).serializer)
+    for n in range(40):
+        admit_orders(settings, 1, first_client=n)
+        job_id = redis.getdel(drain_flag_key(1)).decode()  # the next admission queues a new drain
+        job = Job.fetch(job_id, connection=redis, serializer=order_queue(redis).serializer)
         assert job.retries_left == 3
         first, second, third = job.retry_intervals
         assert first == second == 0 and 5 <= third <= 15

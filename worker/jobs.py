@@ -1,32 +1,47 @@
-"""RQ job bodies. Each worker process builds its engine and Redis client once, lazily."""
+"""RQ job bodies: a product's draining job. Each worker process builds its engine and Redis
+client once, lazily.
+
+One job per product with orders waiting (not one per order): it applies the product's
+pending list (``fs:{p:<id>}:pending``) in batches of ``FLASHSALE_WORKER_BATCH_SIZE``, each
+under the optimistic lock (``db.orders.apply_orders``), and after each commit takes the
+batch off the list and off ``fs:admitted`` in one step (``lua/settle.lua``), the step that
+also ends the drain when the list is empty. A batch is read, not popped: a worker that dies
+before settling leaves its orders on the list, and the job's retry (RQ's, once its started
+entry lapses) applies them again; order ids are primary keys, so a batch applied twice
+counts its stock once.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
-from datetime import datetime
+import threading
+import time
 from functools import cache
 from typing import Any
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Link, SpanKind, use_span
 from redis import Redis
+from redis.commands.core import Script
+from redis.exceptions import RedisError, WatchError
 from rq import get_current_job
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.orders import AdmittedOrder, apply_orders, record_failure
+from db.models import OrderStatus, RejectReason
+from db.orders import Outcome, apply_orders, record_failures
 from db.session import make_engine
-from service.core.keys import ADMITTED_KEY, order_job_id, pending_key
+from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, drain_flag_key, gate_key, pending_key
+from service.core.lua import load_scripts
 from service.core.redis_clients import sync_redis
 from service.core.settings import get_settings
-from service.core.tracing import context_from, record, trace_engine, tracer
-from service.sale.stock_gate import add_to_gate
+from service.core.tracing import context_from, record, trace_engine, tracer, tracing_on
+from service.sale.order_jobs import DRAIN_LEASE_MS, PendingOrder, parse_entry, queue_drain
 from worker.metrics import JOB_RETRIES, observe_batch
 
 log = logging.getLogger(__name__)
-DECIDED_EARLIER = "decided_earlier"
-"""A job's result when another job's batch had already decided its order (no database call)."""
+STOPPING = threading.Event()
+"""Set when this worker was asked to stop (SIGTERM): a drain finishes the batch in hand and
+hands the rest of the product's orders to a new draining job, for another worker."""
 
 
 @cache
@@ -37,6 +52,16 @@ def engine() -> Engine:
     return built
 
 
+@cache
+def _redis() -> Redis:
+    return sync_redis(get_settings().redis_url)
+
+
+@cache
+def _settle_script() -> Script:
+    return load_scripts(_redis(), get_settings().lua_dir).settle
+
+
 def _attempt(job: Any) -> int | None:
     """1 for the first run, 2 for the first retry…: a retry is a new span in the same trace."""
     if job is None or job.retry_intervals is None or job.retries_left is None:
@@ -44,91 +69,208 @@ def _attempt(job: Any) -> int | None:
     return len(job.retry_intervals) - job.retries_left + 1
 
 
-@cache
-def _redis() -> Redis:
-    return sync_redis(get_settings().redis_url)
+def _read(product_id: int, count: int) -> tuple[str | None, list[bytes]]:
+    """The job the product's flag names, and the first ``count`` pending entries."""
+    with _redis().pipeline(transaction=False) as pipe:
+        pipe.get(drain_flag_key(product_id))
+        pipe.lrange(pending_key(product_id), 0, count - 1)
+        owner, head = pipe.execute()
+    return (owner.decode() if owner is not None else None), head
 
 
-def _admitted(
-    order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str
-) -> AdmittedOrder:
-    return AdmittedOrder(
-        uuid.UUID(order_id), product_id, quantity, client_id, datetime.fromisoformat(admitted_at)
-    )
+def settle(product_id: int, job_id: str, order_ids: list[str], units_back: int = 0) -> tuple[int, int]:
+    """lua/settle.lua: (orders taken off the list, or -1 when another job owns the product;
+    entries left, 0 when the drain ended). With no ids: claim the product (or renew the lease)."""
+    keys = [pending_key(product_id), ADMITTED_KEY, drain_flag_key(product_id), gate_key(product_id)]
+    settled, left = _settle_script()(keys=keys, args=[job_id, units_back, DRAIN_LEASE_MS, *order_ids])
+    if units_back and settled > 0:
+        _redis().publish(GATE_CHANNEL, product_id)  # units came back: clear sold-out latches
+    return int(settled), int(left)
 
 
-def apply_order_job(order_id: str, product_id: int, quantity: int, client_id: str, admitted_at: str) -> dict:
-    """Confirm or reject one admitted order in PostgreSQL, exactly once, together with up to
-    ``FLASHSALE_WORKER_BATCH_SIZE`` other orders of its product claimed from the pending list.
+def _facts(pending: PendingOrder, outcome: Outcome | None) -> dict:
+    return {
+        "order_id": str(pending.order.order_id),
+        "product_id": pending.order.product_id,
+        "status": outcome.status if outcome else None,
+        "reason": outcome.reason if outcome else None,
+        "conflicts": outcome.conflicts if outcome else 0,
+        "applied_now": bool(outcome and outcome.applied_now),
+    }
 
-    Claimed orders keep their own jobs: if this worker dies before it commits, those jobs
-    still apply them; if it commits, they find their orders gone from ``fs:admitted`` and
-    return without touching PostgreSQL.
-    """
-    job = get_current_job()
+
+def _decided(span, pending: PendingOrder, outcome: Outcome | None, batch_size: int, attempt) -> None:
+    facts = _facts(pending, outcome)
+    record(span, **facts, quantity=pending.order.quantity, batch_size=batch_size, attempt=attempt)
+    if log.isEnabledFor(logging.INFO):
+        log.info("order decided", extra=facts)  # inside the order's span: the line carries its trace id
+
+
+def _apply_batch(batch: list[PendingOrder], attempt: int | None) -> dict:
+    """Apply one batch; with tracing on, one ``flashsale.apply_order`` span per order, each in
+    the trace its admission began. The batch's SQL runs under the first order's span; the
+    others' spans cover the same time and link to it."""
+    first = batch[0]
     with tracer.start_as_current_span(
-        "flashsale.apply_order", context=context_from(job.meta if job else None), kind=SpanKind.CONSUMER
+        "flashsale.apply_order", context=context_from(_carrier(first)), kind=SpanKind.CONSUMER
     ) as span:
-        order = _admitted(order_id, product_id, quantity, client_id, admitted_at)
-        with _redis().pipeline(transaction=False) as pipe:
-            pipe.lpop(pending_key(product_id), get_settings().worker_batch_size)
-            pipe.zscore(ADMITTED_KEY, order_job_id(order_id))
-            claimed, still_open = pipe.execute()
-        # An order no longer in fs:admitted was decided by an earlier batch: its row is written.
-        batch = {order.order_id: order} if still_open is not None else {}
-        for payload in claimed or []:
-            mate = _admitted(*json.loads(payload))
-            batch.setdefault(mate.order_id, mate)
-        outcome = None
+        began = time.time_ns()
+        outcomes = apply_orders(engine(), [pending.order for pending in batch])
+        if tracing_on():
+            for pending in batch[1:]:
+                mate = tracer.start_span(
+                    "flashsale.apply_order",
+                    context=context_from(_carrier(pending)),
+                    kind=SpanKind.CONSUMER,
+                    start_time=began,
+                    links=[Link(span.get_span_context())],
+                )
+                with use_span(mate, end_on_exit=True):
+                    _decided(mate, pending, outcomes.get(pending.order.order_id), len(batch), attempt)
+        elif log.isEnabledFor(logging.INFO):
+            for pending in batch[1:]:
+                _decided(span, pending, outcomes.get(pending.order.order_id), len(batch), attempt)
+        _decided(span, first, outcomes.get(first.order.order_id), len(batch), attempt)
+    return outcomes
+
+
+def _carrier(pending: PendingOrder) -> dict[str, str] | None:
+    return {"traceparent": pending.traceparent} if pending.traceparent else None
+
+
+def drain_orders(product_id: int) -> dict:
+    """Apply the product's pending orders in batches until none is left (the drain ends in
+    the step that finds the list empty), this job's time slice is over (half its timeout), or
+    the worker is stopping; then the rest goes to a new draining job. Only the job the
+    product's flag names drains: another (a stale run) returns at once, touching nothing."""
+    job = get_current_job()
+    job_id = job.id if job else ""
+    attempt = _attempt(job)
+    if attempt and attempt > 1:
+        JOB_RETRIES.inc()
+    with _Lease(product_id, job_id):
+        return _drain(product_id, job_id, attempt)
+
+
+class _Lease:
+    """While a drain runs, a thread of its worker process renews the lease on the product's
+    flag every third of it, however long a batch takes (a lock wait, a slow PostgreSQL): the
+    flag lapses only when the process is gone."""
+
+    def __init__(self, product_id: int, job_id: str) -> None:
+        self.product_id, self.job_id = product_id, job_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="drain-lease", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(DRAIN_LEASE_MS / 3000):
+            try:
+                _hold_flag(_redis(), self.product_id, self.job_id, DRAIN_LEASE_MS, claim=False)
+            except RedisError as exc:  # the next turn, or the next batch's settle, renews it
+                log.debug("lease not renewed", extra={"error": type(exc).__name__})
+
+
+def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
+    settings = get_settings()
+    began = time.monotonic()
+    decided = batches = 0
+    settled, left = settle(product_id, job_id, [])  # claim the product: its flag, on a lease
+    while settled >= 0 and left > 0:
+        head = _redis().lrange(pending_key(product_id), 0, settings.worker_batch_size - 1)
+        batch = [parse_entry(product_id, raw) for raw in head]
         if batch:
-            outcomes = apply_orders(engine(), list(batch.values()))
-            observe_batch(batch, outcomes)
-            outcome = outcomes.get(order.order_id)
-            _redis().zrem(ADMITTED_KEY, *(order_job_id(str(decided)) for decided in batch))
-        facts = {
-            "order_id": order_id,
-            "product_id": product_id,
-            "status": outcome.status if outcome else DECIDED_EARLIER,
-            "reason": outcome.reason if outcome else None,
-            "conflicts": outcome.conflicts if outcome else 0,
-            "applied_now": bool(outcome and outcome.applied_now),
-        }
-        attempt = _attempt(job)
-        if attempt and attempt > 1:
-            JOB_RETRIES.inc()
-        record(span, **facts, quantity=quantity, batch_size=len(batch), attempt=attempt)
-        log.info("order decided", extra=facts)  # inside the span: the line carries its trace id
-    return {"status": facts["status"], "reason": facts["reason"]}
+            outcomes = _apply_batch(batch, attempt)
+            observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
+            decided += sum(1 for outcome in outcomes.values() if outcome.applied_now)
+            batches += 1
+        settled, left = settle(product_id, job_id, [str(p.order.order_id) for p in batch])
+        if (
+            settled >= 0
+            and left > 0
+            and (STOPPING.is_set() or time.monotonic() - began > settings.job_timeout_seconds / 2)
+        ):
+            successor = queue_drain(
+                _redis(), product_id, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, job_id
+            )
+            return {"decided": decided, "batches": batches, "ended": "handed_off", "successor": successor}
+    return {"decided": decided, "batches": batches, "ended": "not_owner" if settled < 0 else "empty"}
 
 
-def order_job_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-    """RQ failure callback: on the last failure, reject the order as failed and give its units
-    back, or, when PostgreSQL cannot take the rejection, leave the order undecided.
+def _hold_flag(redis: Redis, product_id: int, job_id: str, lease_ms: int | None, claim: bool) -> bool:
+    """Hold the product's flag for ``job_id`` for ``lease_ms`` (None: with no TTL) while it names
+    that job, or names none and ``claim``; False when another job owns the product."""
+    flag = drain_flag_key(product_id)
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(flag)
+            current = pipe.get(flag)
+            if current != job_id.encode() and not (current is None and claim):
+                return False
+            pipe.multi()
+            pipe.set(flag, job_id, px=lease_ms)
+            pipe.execute()
+        except WatchError:
+            return False
+    return True
+
+
+def drain_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+    """RQ failure callback: on the last failure, reject the batch in hand as failed, give its
+    units back and hand the rest of the product's orders to a new draining job; or, when
+    PostgreSQL cannot take the rejections, leave every order undecided.
 
     RQ calls this on every failure, retried or not (also for jobs of workers that died), so it
     acts only once no retry is left. An order is reported terminal only once its row exists:
-    without one it stays in ``fs:admitted`` (``queued`` to its buyer, its units held, counted
-    by the reconciler) and its job waits in RQ's failed registry, a dead letter, until the
-    stranded-order sweep or ``flashsale orders requeue`` runs it again (worker/dead_letters.py).
+    without one it stays pending and in ``fs:admitted`` (``queued`` to its buyer, its units
+    held, counted by the reconciler), and the job waits in RQ's failed registry, still named
+    by the product's flag, a dead letter, until the stranded-order sweep or ``flashsale
+    orders requeue`` runs it again (worker/dead_letters.py).
     """
+    (product_id,) = job.args
     if job.retries_left:
+        # It waits for its retry in RQ's hands: it keeps the product for one more lease, so that
+        # a retry far off (5, 10, 30 s…) does not hold up the product once PostgreSQL is back:
+        # the flag lapses and the next admission queues a fresh draining job.
+        _hold_flag(connection, product_id, job.id, DRAIN_LEASE_MS, claim=False)
         return
-    order = _admitted(*job.args)
-    facts = {"order_id": str(order.order_id), "error": repr(exc_value)}
+    settings = get_settings()
+    if not _hold_flag(connection, product_id, job.id, DRAIN_LEASE_MS, claim=True):
+        return  # another draining job owns the product (and these orders)
+    _, head = _read(product_id, settings.worker_batch_size)
+    if not head:
+        settle(product_id, job.id, [])  # nothing waits: the drain ends
+        return
+    batch = [parse_entry(product_id, raw) for raw in head]
+    facts = {"product_id": product_id, "orders": len(batch), "error": repr(exc_value)}
     try:
-        outcome = record_failure(engine(), order)
+        outcomes = record_failures(engine(), [pending.order for pending in batch])
     except SQLAlchemyError as exc:
+        _hold_flag(connection, product_id, job.id, None, claim=True)  # a dead letter keeps the product
         log.error(
-            "order job gave up; its order waits, undecided, for PostgreSQL",
+            "draining job gave up; its orders wait, undecided, for PostgreSQL",
             extra=facts | {"cause": repr(exc)},
         )
         return
-    log.error("order job gave up", extra=facts | {"status": outcome.status, "reason": outcome.reason})
-    observe_batch({order.order_id: order}, {order.order_id: outcome})
-    # One step: the reconciler counts the units as held until the order leaves fs:admitted,
-    # so they must be back in the gate by then, not a moment later.
-    with _redis().pipeline(transaction=True) as pipe:
-        pipe.zrem(ADMITTED_KEY, order_job_id(str(order.order_id)))
-        if outcome.applied_now:
-            add_to_gate(pipe, order.product_id, order.quantity)
-        pipe.execute()
+    log.error("draining job gave up; its batch is rejected as failed", extra=facts)
+    observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
+    units_back = sum(
+        p.order.quantity
+        for p in batch
+        if (outcome := outcomes[p.order.order_id]).applied_now
+        and (outcome.status, outcome.reason) == (OrderStatus.REJECTED, RejectReason.FAILED)
+    )
+    # One step: the reconciler counts the units as held until the orders leave the list, so
+    # they must be back in the gate by then, not a moment later.
+    settled, left = settle(product_id, job.id, [str(p.order.order_id) for p in batch], units_back)
+    if settled >= 0 and left > 0:
+        queue_drain(
+            connection, product_id, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, job.id
+        )

@@ -20,6 +20,7 @@ from service.core.tracing import configure_tracing
 from service.sale.order_jobs import order_queue
 from service.sale.reconcile import reconcile
 from worker.dead_letters import forget_decided
+from worker.jobs import STOPPING
 from worker.jobs import engine as jobs_engine
 from worker.metrics import sample_queue, serve_metrics
 from worker.stranded import requeue_stranded
@@ -65,6 +66,12 @@ class OrderWorker(SimpleWorker):
                 return
             self._last_redis_heartbeat = beat_at
         super().heartbeat(timeout, pipeline)
+
+    def request_stop(self, signum, frame):
+        """SIGTERM: RQ lets the job in hand finish; a draining job then stops after its batch
+        and hands the product's other orders to a new job, for another worker."""
+        STOPPING.set()
+        super().request_stop(signum, frame)
 
     def run_maintenance_tasks(self):
         with suppress_instrumentation():  # housekeeping every few seconds: not worth traces

@@ -1,54 +1,72 @@
-"""Orders that said yes but sit in none of RQ's lists get queued again.
+"""Products whose pending orders no live draining job will reach get a draining job again.
 
-Every admitted order's job id is in ``fs:admitted`` (written by admit.lua in the same step
-as the job) until its job decides it. RQ moves a job id between lists as it works (queue →
-intermediate → started, scheduled for a retry); a worker killed at the wrong moment, or a
-Redis restart under a blocking pop, can leave a job in none of them, or in the intermediate
-list of a worker that died. This sweep finds ids admitted long enough ago, not decided in
-PostgreSQL and not waiting, running or scheduled, and queues them again. Dead letters are
-among them: jobs whose retries all failed while PostgreSQL could not take their rejection
-(worker/dead_letters.py); queued again, they leave RQ's failed registry in the same step.
-The sweep needs PostgreSQL, so it runs them only once PostgreSQL answers again.
-Jobs are idempotent, so queueing one twice applies it once.
+Every admitted order waits on its product's pending list (written by admit.lua in the same
+step as its ``fs:admitted`` record), and the product's flag names the one draining job that
+will apply it. RQ moves that job between lists as it works (queue → intermediate → started,
+scheduled for a retry); a worker killed at the wrong moment, or a Redis restart under a
+blocking pop, can leave it in none of them, or in the intermediate list of a worker that
+died. This sweep finds products whose oldest pending order was admitted long enough ago and
+whose flag names no job that is waiting, running or scheduled, and queues their job again
+(or a new one, when the job itself is gone); a product with orders waiting and no flag at all
+(a running drain's lease lapsed: its worker died) gets a new draining job at once. Dead
+letters are among them: draining jobs whose retries all failed while PostgreSQL could not take
+their orders' rejection (worker/dead_letters.py); queued again, they leave RQ's failed
+registry in the same step. The sweep needs PostgreSQL (the products), so it runs them only
+once PostgreSQL answers again. Draining is idempotent: a batch applied twice counts once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from db.models import Order
-from service.core.keys import ADMITTED_KEY, order_id_of_job
-from service.sale.order_jobs import order_queue
+from db.models import Product
+from service.core.keys import drain_flag_key, pending_key
+from service.core.settings import get_settings
+from service.sale.order_jobs import entry_admitted_seconds, order_queue, queue_drain
 from worker.dead_letters import failed_registry
 
 log = logging.getLogger(__name__)
-SWEEP_BATCH = 500
 
 
-def _decided(engine: Engine, job_ids: list[str]) -> set[str]:
-    order_ids = {uuid.UUID(order_id_of_job(job_id)): job_id for job_id in job_ids}
+def _product_ids(engine: Engine) -> list[int]:
     with Session(engine) as session:
-        rows = session.exec(select(Order.id).where(Order.id.in_(list(order_ids))))
-        return {order_ids[row] for row in rows}
+        return list(session.exec(select(Product.id)).all())
+
+
+def _forget_stale_flag(redis: Redis, product_id: int, job_id: str) -> None:
+    """Nothing waits and the flag names a job RQ no longer runs: delete it, unless an order
+    arrived meanwhile (it then waits for the next pass)."""
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(drain_flag_key(product_id), pending_key(product_id))
+            if pipe.get(drain_flag_key(product_id)) != job_id.encode() or pipe.llen(pending_key(product_id)):
+                return
+            pipe.multi()
+            pipe.delete(drain_flag_key(product_id))
+            pipe.execute()
+        except WatchError:
+            return
 
 
 def requeue_stranded(redis: Redis, engine: Engine, older_than_seconds: float) -> list[str]:
-    """Queue again the admitted, undecided orders RQ has lost track of; returns their job ids."""
-    cutoff_ms = (time.time() - older_than_seconds) * 1000
-    overdue = [job_id.decode() for job_id in redis.zrangebyscore(ADMITTED_KEY, 0, cutoff_ms, 0, SWEEP_BATCH)]
-    if not overdue:
+    """Queue again the draining jobs of products whose undecided orders no live job will
+    reach; returns the ids of the jobs queued."""
+    product_ids = _product_ids(engine)
+    if not product_ids:
         return []
-    decided = _decided(engine, overdue)
-    if decided:  # their jobs decided them but could not say so: forget them
-        redis.zrem(ADMITTED_KEY, *decided)
+    with redis.pipeline(transaction=False) as pipe:
+        for product_id in product_ids:
+            pipe.lindex(pending_key(product_id), 0)
+            pipe.get(drain_flag_key(product_id))
+        replies = pipe.execute()
     queue = order_queue(redis)
     in_rq_hands = set(queue.get_job_ids())
     in_rq_hands |= set(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False))
@@ -57,21 +75,36 @@ def requeue_stranded(redis: Redis, engine: Engine, older_than_seconds: float) ->
     # one was popped by a worker that died (RQ itself would wait another minute).
     popped = set(queue.intermediate_queue.get_job_ids()) - in_rq_hands
     dead_letters = failed_registry(redis).key
-    requeued = []
-    for job_id in overdue:
-        if job_id in decided or job_id in in_rq_hands:
+    cutoff = time.time() - older_than_seconds
+    settings = get_settings()
+    queued = []
+    for product_id, first, flag in zip(product_ids, replies[::2], replies[1::2], strict=True):
+        job_id = flag.decode() if flag is not None else None
+        if job_id in in_rq_hands:
             continue
-        if not redis.exists(Job.key_for(job_id)):
-            log.error("admitted order's job is gone; cannot requeue", extra={"job_id": job_id})
+        if first is None:
+            if job_id is not None:
+                _forget_stale_flag(redis, product_id, job_id)
             continue
-        with redis.pipeline() as pipe:
-            if job_id in popped:
-                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-            pipe.zrem(dead_letters, job_id)
-            pipe.hset(Job.key_for(job_id), "status", JobStatus.QUEUED.value)
-            pipe.rpush(queue.key, job_id)
-            pipe.execute()
-        requeued.append(job_id)
-    if requeued:
-        log.warning("requeued stranded orders", extra={"count": len(requeued)})
-    return requeued
+        # Orders waiting and no flag: a running drain's lease lapsed (its worker died, or its
+        # retry waits far off) and no admission has queued a new one since: queue one now.
+        if job_id is not None and entry_admitted_seconds(first) > cutoff:
+            continue
+        if job_id is not None and redis.exists(Job.key_for(job_id)):
+            with redis.pipeline() as pipe:
+                if job_id in popped:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.zrem(dead_letters, job_id)
+                pipe.hset(Job.key_for(job_id), "status", JobStatus.QUEUED.value)
+                pipe.rpush(queue.key, job_id)
+                pipe.execute()
+            queued.append(job_id)
+            continue
+        new = queue_drain(
+            redis, product_id, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, job_id
+        )
+        if new is not None:
+            queued.append(new)
+    if queued:
+        log.warning("requeued stranded draining jobs", extra={"jobs": len(queued)})
+    return queued

@@ -90,7 +90,7 @@ def _orders_failed(settings: Settings, args: argparse.Namespace) -> int:
             letter.ended_at,
             letter.error,
         )
-    print(f"{len(letters)} failed order job(s)", file=sys.stderr)
+    print(f"{len(letters)} failed order(s)", file=sys.stderr)
     return 0
 
 
@@ -103,7 +103,7 @@ def _orders_requeue(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     with sync_redis(settings.redis_url) as redis:
         count = requeue_orders(redis, None if args.all else args.order_ids)
-    print(f"requeued {count} order job(s)", file=sys.stderr)
+    print(f"requeued {count} order(s)", file=sys.stderr)
     return 0
 
 
@@ -180,12 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     reconcile = commands.add_parser("reconcile", help="repair stock gates from the database and the queue")
     reconcile.set_defaults(run=_reconcile)
 
-    orders = commands.add_parser("orders", help="dead letters: undecided orders whose job gave up")
+    orders = commands.add_parser("orders", help="dead letters: undecided orders whose draining job gave up")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)
-    failed = order_commands.add_parser("failed", help="list undecided orders whose job failed every retry")
+    failed = order_commands.add_parser(
+        "failed", help="list undecided orders whose draining job failed every retry"
+    )
     failed.set_defaults(run=_orders_failed)
     requeue = order_commands.add_parser("requeue", help="run dead letters again")
-    requeue.add_argument("order_ids", nargs="*", help="order ids to requeue")
+    requeue.add_argument("order_ids", nargs="*", help="order ids whose draining jobs to requeue")
     requeue.add_argument("--all", action="store_true", help="requeue every dead letter")
     requeue.set_defaults(run=_orders_requeue)
 

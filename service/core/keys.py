@@ -11,8 +11,9 @@ from rq.job import Job
 
 # The main Redis
 ADMITTED_KEY = "fs:admitted"
-"""Sorted set of order job ids admitted and not yet decided, scored by admission time (ms):
-our own record, so no order can strand between RQ's lists (see worker/stranded.py)."""
+"""Sorted set of the ids of orders admitted and not yet decided, scored by admission time (ms):
+what ``GET /orders`` and ``GET /backlog`` read; an order leaves it in the step that takes its
+entry off its product's pending list, after its row is committed (see worker/jobs.py)."""
 GATE_CHANNEL = "fs:gate"
 """Pub/sub: a product id whenever units come back to its gate (sold-out latches clear)."""
 STATS_KEY_PREFIX = "fs:stats:"
@@ -33,8 +34,15 @@ def sale_key(product_id: int) -> str:
 
 
 def pending_key(product_id: int) -> str:
-    """The product's admitted orders, as JSON job arguments, for workers to claim in batches."""
+    """The product's undecided orders, oldest first, one compact entry each
+    (service/sale/order_jobs.py): the queue its draining job applies in batches."""
     return f"fs:{{p:{product_id}}}:pending"
+
+
+def drain_flag_key(product_id: int) -> str:
+    """The id of the one draining job of the product that is queued or running; absent when
+    none is (admit.lua then queues one)."""
+    return f"fs:{{p:{product_id}}}:drain"
 
 
 def purchases_key(product_id: int, customer_digest: str) -> str:
@@ -69,18 +77,24 @@ def route_bucket_key(route: str, limit: str, identity: str) -> str:
 # RQ (its own key names; ours are the queue's name and the job ids)
 
 ORDER_QUEUE = "orders"
-_ORDER_JOB_PREFIX = "order-"
+_DRAIN_JOB_PREFIX = "drain-"
 
 
-def order_job_id(order_id: str) -> str:
-    """Deterministic: one job per order id, so a retry can never make a second one."""
-    return f"{_ORDER_JOB_PREFIX}{order_id}"
+def drain_job_id(product_id: int, suffix: str) -> str:
+    """A draining job of one product: ``drain-<product id>-<suffix>``, the suffix unique (the id
+    of the order whose admission queued it, or a fresh one), so a job that has just finished
+    (and is being deleted by RQ) is never confused with the next one."""
+    return f"{_DRAIN_JOB_PREFIX}{product_id}-{suffix}"
 
 
-def order_id_of_job(job_id: str) -> str:
-    return job_id.removeprefix(_ORDER_JOB_PREFIX)
+def product_of_drain_job(job_id: str) -> int | None:
+    """The product a draining job's id names; None for any other job id."""
+    if not job_id.startswith(_DRAIN_JOB_PREFIX):
+        return None
+    product, _, _ = job_id.removeprefix(_DRAIN_JOB_PREFIX).partition("-")
+    return int(product) if product.isdigit() else None
 
 
-def job_key(order_id: str) -> str:
-    """The order job's hash, as RQ names it."""
-    return Job.key_for(order_job_id(order_id))
+def drain_job_key(product_id: int, suffix: str) -> str:
+    """A draining job's hash, as RQ names it."""
+    return Job.key_for(drain_job_id(product_id, suffix))

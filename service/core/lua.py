@@ -16,6 +16,7 @@ SCRIPT_SOURCES = {
     "token_buckets": (LIBRARY, "token_buckets.lua"),
     "refund_buckets": (LIBRARY, "refund_buckets.lua"),
     "admit": (LIBRARY, "admit.lua"),
+    "settle": ("settle.lua",),
 }
 SCRIPT_NAMES = tuple(SCRIPT_SOURCES)
 
@@ -26,6 +27,7 @@ class Scripts:
     token_buckets: Script | AsyncScript
     refund_buckets: Script | AsyncScript
     admit: Script | AsyncScript
+    settle: Script | AsyncScript
 
 
 def script_source(name: str, lua_dir: Path) -> str:

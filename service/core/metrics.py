@@ -38,18 +38,19 @@ SOLD_OUT_LATCH_ANSWERS = Counter(
 )
 QUEUE_WAITING = Gauge(
     "flashsale_queue_depth",
-    "Order jobs waiting in RQ's queue, sampled from Redis by each API pod.",
+    "Draining jobs waiting in RQ's queue (one per product with orders waiting and no running "
+    "drain), sampled from Redis by each API pod.",
     ["queue"],
 )
 QUEUE_RUNNING = Gauge(
     "flashsale_queue_in_flight",
-    "Order jobs that workers are running now (RQ's started registry, live entries only).",
+    "Draining jobs that workers are running now (RQ's started registry, live entries only).",
     ["queue"],
 )
 QUEUE_BACKLOG = Gauge(
     "flashsale_queue_backlog",
-    "Waiting plus running order jobs: the External metric worker autoscaling follows, so "
-    "workers busy with taken jobs are not scaled in.",
+    "Waiting plus running draining jobs (at most one per product: the orders are "
+    "flashsale_orders_undecided, which worker autoscaling follows).",
     ["queue"],
 )
 ORDERS_UNDECIDED = Gauge(

@@ -86,11 +86,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written, so
     by default a sale's hot path formats no line per request)."""
     job_timeout_seconds: int = 10
-    """Longest one order job may run; a worker silent for longer is presumed dead."""
+    """Longest one draining job may run (it hands the rest of its product's orders to a new job
+    after half of it); a worker silent for longer is presumed dead."""
     job_retry_backoff_seconds: tuple[int, ...] = DEFAULT_JOB_RETRY_BACKOFF_SECONDS
-    """Waits before each retry of a failed order job (each drawn from 50-150 % of itself), one
-    retry per wait; then the order is rejected as failed, or, when PostgreSQL cannot take that,
-    waits undecided as a dead letter (worker/dead_letters.py)."""
+    """Waits before each retry of a failed draining job (each drawn from 50-150 % of itself), one
+    retry per wait; then the batch in hand is rejected as failed, or, when PostgreSQL cannot take
+    that, the product's orders wait undecided behind a dead letter (worker/dead_letters.py)."""
     worker_maintenance_interval: int = 5
     """Seconds between a worker's sweeps for jobs abandoned by dead workers."""
     reconcile_interval_seconds: int = 30

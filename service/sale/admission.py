@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 
-import msgspec
-
 from db.orders import AdmittedOrder
 from service.core.keys import (
     ADMITTED_KEY,
+    drain_flag_key,
+    drain_job_id,
+    drain_job_key,
     gate_key,
     idempotency_record_key,
-    job_key,
-    order_job_id,
     pending_key,
     purchases_key,
     sale_key,
@@ -28,7 +27,7 @@ from service.core.keys import (
 from service.core.tracing import record, trace_carrier, tracer, tracing_on
 from service.limiter.identity import ClientIdentity
 from service.limiter.ratelimit import Plan, Verdict
-from service.sale.order_jobs import job_arguments
+from service.sale.order_jobs import order_entry
 from service.sale.resources import Resources
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -82,8 +81,8 @@ async def admit(
 ) -> Admission:
     """Run admit.lua once; ``plan`` holds the buckets to check in the same call (or None).
 
-    The call is one span; the order's job carries its context, so the worker's span joins
-    the same trace."""
+    The call is one span; the order's pending entry carries its context (``traceparent``), so
+    the worker's span for the order joins the same trace."""
     order = AdmittedOrder(uuid.uuid4(), product_id, quantity, client.ip, datetime.now(UTC))
     if not tracing_on():  # no span machinery on the hot path when nothing records it
         return await _run_admit_script(resources, client, plan, order, idempotency_key)
@@ -109,16 +108,17 @@ async def _run_admit_script(
 ) -> Admission:
     product_id, quantity = order.product_id, order.quantity
     order_id = str(order.order_id)
-    arguments = job_arguments(order)
+    traceparent = trace_carrier().get("traceparent") if tracing_on() else None
     keys = [
         gate_key(product_id),
         idempotency_record_key(_customer_digest(client, idempotency_key or "")),
-        job_key(order_id),
+        drain_job_key(product_id, order_id),
         resources.queue.key,
         sale_key(product_id),
         purchases_key(product_id, _customer_digest(client)),
         ADMITTED_KEY,
         pending_key(product_id),
+        drain_flag_key(product_id),
         *(plan.keys if plan else ()),
     ]
     clock, *limit_args = resources.limiter.arguments(plan)
@@ -126,14 +126,14 @@ async def _run_admit_script(
         clock,
         quantity,
         order_id,
-        order_job_id(order_id),
+        drain_job_id(product_id, order_id),
         request_fingerprint(product_id, quantity) if idempotency_key else "",
         IDEMPOTENCY_TTL_SECONDS,
         PURCHASES_TTL_SECONDS,
         len(plan.keys) if plan else 0,
         *limit_args,
-        msgspec.json.encode(arguments),
-        *resources.job_fields.for_order(order, arguments, trace_carrier() if tracing_on() else None),
+        order_entry(order, traceparent),
+        *resources.job_fields.for_product(product_id, order.admitted_at),
     ]
     reply = await resources.admit_script(keys=keys, args=args, tail=resources.job_fields.constant)
     decision = Decision(int(reply[0]))

@@ -1,17 +1,27 @@
-"""The ``orders`` queue: the order job's options and format, written by the API (admit.lua) and
-read by the workers (``worker.jobs``); both import it from here, neither from the other."""
+"""The ``orders`` queue: a product's pending orders and the draining job that applies them,
+written by the API (admit.lua) and read by the workers (``worker.jobs``); both import their
+format from here, neither from the other.
+
+An admitted order is one compact entry on its product's pending list
+(``fs:{p:<id>}:pending``): ``<order id> <quantity> <admitted µs> <client id>[ <traceparent>]``.
+RQ holds one job per product with orders waiting, not one per order: the draining job
+(``drain-<product id>-<suffix>``, named by the product's flag ``fs:{p:<id>}:drain``) that
+applies the list in batches until it is empty. A finished draining job leaves nothing in
+Redis (``result_ttl`` 0); a decided order leaves nothing either (its row is the record).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
-import zlib
+import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Callback, Queue, Retry
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
@@ -19,39 +29,44 @@ from rq.serializers import JSONSerializer
 
 from db.orders import AdmittedOrder
 from service.core.auto_pipeline import PackedArgs
-from service.core.keys import ORDER_QUEUE
+from service.core.keys import ORDER_QUEUE, drain_flag_key, drain_job_id
 
-JOB_FUNCTION = "worker.jobs.apply_order_job"
-RESULT_TTL_SECONDS = 600
-"""A finished job lingers this long; the order row in PostgreSQL is the lasting record."""
+JOB_FUNCTION = "worker.jobs.drain_orders"
+RESULT_TTL_SECONDS = 0
+"""A finished draining job is deleted at once: the order rows in PostgreSQL are the record."""
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
-"""A job that gave up stays in RQ's failed registry (the dead-letter queue) this long."""
+"""A draining job that gave up stays in RQ's failed registry (the dead-letter queue) this long."""
+DRAIN_LEASE_MS = 1_500
+"""A running drain holds its product's flag on this lease, renewed every third of it by a
+thread of its worker process (and at every batch): the flag of a drain whose worker died
+lapses this soon, and the next admission, or the next stranded-order sweep, queues a new
+draining job (RQ's own recovery of the dead job takes the job timeout + 5 s)."""
 
 
 def jittered_backoff(waits: Sequence[int]) -> list[int]:
-    """The retry waits, each drawn from 50-150 % of itself (a 0 stays 0), so the orders that
-    failed together when PostgreSQL went away do not all come back in the same second."""
+    """The retry waits, each drawn from 50-150 % of itself (a 0 stays 0), so the draining jobs
+    that failed together when PostgreSQL went away do not all come back in the same second."""
     return [round(wait * random.uniform(0.5, 1.5)) for wait in waits]
 
 
 JITTER_DRAWS = 256
-"""Retry schedules drawn once per process; each order job takes one of them at random."""
+"""Retry schedules drawn once per process; each draining job takes one of them at random."""
 
 
 def job_options(retry_backoff: Sequence[int]) -> dict:
-    """RQ's options of an order job; ``retry_backoff`` is FLASHSALE_JOB_RETRY_BACKOFF_SECONDS.
+    """RQ's options of a draining job; ``retry_backoff`` is FLASHSALE_JOB_RETRY_BACKOFF_SECONDS.
 
     Infrastructure errors (PostgreSQL down) are retried once per wait (by default for about
-    two minutes) before the failure callback decides the order; sold out and optimistic-lock
-    conflicts never raise. The default's first retry is immediate, so a job abandoned by a
-    dead worker is requeued by any worker's maintenance sweep without waiting for RQ's
-    scheduler (whose lock may have died with it)."""
+    two minutes) before the failure callback decides the batch in hand; sold out and
+    optimistic-lock conflicts never raise. The default's first retry is immediate, so a job
+    abandoned by a dead worker is requeued by any worker's maintenance sweep without waiting
+    for RQ's scheduler (whose lock may have died with it)."""
     return {
         "result_ttl": RESULT_TTL_SECONDS,
         "failure_ttl": FAILURE_TTL_SECONDS,
-        "ttl": None,  # a queued order must never expire unseen
+        "ttl": None,  # a queued drain must never expire unseen
         "retry": Retry(max=len(retry_backoff), interval=list(retry_backoff)),
-        "on_failure": Callback("worker.jobs.order_job_failed"),
+        "on_failure": Callback("worker.jobs.drain_failed"),
     }
 
 
@@ -66,42 +81,64 @@ def count_queue(pipe, queue: Queue) -> None:
     pipe.zcount(StartedJobRegistry(queue=queue).key, time.time(), "+inf")
 
 
-def job_arguments(order: AdmittedOrder) -> list:
-    """JSON-safe job arguments (ids and numbers, never live objects)."""
-    return [
-        str(order.order_id),
-        order.product_id,
-        order.quantity,
-        order.client_id,
-        order.admitted_at.isoformat(),
-    ]
+# The pending list's entries
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def arguments_of(data: bytes) -> list:
-    """An order job's arguments from the ``data`` field of its hash: JSON as admit.lua writes
-    it, or zlib-compressed JSON as RQ's own save writes it (``rq.job.Job.restore`` reads both)
-    — without restoring the whole job, which costs six times as much."""
-    with contextlib.suppress(zlib.error):
-        data = zlib.decompress(data)
-    _, _, arguments, _ = JSONSerializer.loads(data)
-    return arguments
+@dataclass(frozen=True, slots=True)
+class PendingOrder:
+    """One entry of a product's pending list: the order and the trace its admission began."""
+
+    order: AdmittedOrder
+    traceparent: str | None = None
 
 
-def _description(order: AdmittedOrder) -> str:
-    return f"order {order.order_id}"  # RQ logs this; keep client addresses out
+def order_entry(order: AdmittedOrder, traceparent: str | None = None) -> str:
+    """The order as its pending entry (the product is the list's): ids, quantity, admission
+    time in µs, the client, and the W3C ``traceparent`` when the admission was traced."""
+    micros = (order.admitted_at - _EPOCH) // timedelta(microseconds=1)
+    entry = f"{order.order_id} {order.quantity} {micros} {order.client_id}"
+    return f"{entry} {traceparent}" if traceparent else entry
 
 
-class OrderJobFields:
-    """An order job's hash in RQ's own format, for lua/admit.lua to write.
+def parse_entry(product_id: int, raw: bytes | str) -> PendingOrder:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    order_id, quantity, micros, client_id, *trace = text.split(" ")
+    admitted_at = _EPOCH + timedelta(microseconds=int(micros))
+    order = AdmittedOrder(uuid.UUID(order_id), product_id, int(quantity), client_id, admitted_at)
+    return PendingOrder(order, trace[0] if trace else None)
+
+
+def entry_order_id(raw: bytes) -> str:
+    """An entry's order id, without parsing the rest."""
+    return raw[:36].decode()
+
+
+def entry_admitted_seconds(raw: bytes) -> float:
+    """When an entry's order was admitted (seconds since the epoch)."""
+    return int(raw.split(b" ", 3)[2]) / 1_000_000
+
+
+# The draining job
+
+
+def _description(product_id: int) -> str:
+    return f"drain product {product_id}"
+
+
+class DrainJobFields:
+    """A draining job's hash in RQ's own format, for lua/admit.lua to write when it finds no
+    draining job for the product.
 
     Built once from a job RQ creates itself, so every constant field (callbacks, retries,
-    TTLs, origin, timeout, status) is what RQ's own enqueue would store; per order only the
-    call data, the timestamps and the description change. ``tests/test_admission.py`` runs
-    such jobs on RQ's own worker and compares them with RQ's own, so an RQ upgrade that
-    changes the format fails there.
+    TTLs, origin, timeout, status) is what RQ's own enqueue would store; per job only the
+    call data (the product), the timestamps, the description and the drawn retry waits
+    change. ``tests/test_admission.py`` runs such jobs on RQ's own worker and compares them
+    with RQ's own, so an RQ upgrade that changes the format fails there.
     """
 
-    PER_ORDER = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
+    PER_JOB = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
 
     def __init__(self, queue: Queue, job_timeout: int, retry_backoff: Sequence[int]) -> None:
         template = queue.create_job(JOB_FUNCTION, args=[], timeout=job_timeout, **job_options(retry_backoff))
@@ -114,30 +151,68 @@ class OrderJobFields:
             [
                 x if isinstance(x, str | bytes) else str(x)
                 for k, v in fields.items()
-                if k not in self.PER_ORDER and v is not None
+                if k not in self.PER_JOB and v is not None
                 for x in (k, v)
             ]
         )
-        """The fields every order job shares, encoded once: the call appends them as they are."""
+        """The fields every draining job shares, encoded once: the call appends them as they are."""
         self._serializer = queue.serializer
+        self._data: dict[int, bytes] = {}
         self._retry_intervals = [json.dumps(jittered_backoff(retry_backoff)) for _ in range(JITTER_DRAWS)]
 
-    def for_order(
-        self, order: AdmittedOrder, arguments: list, trace: dict[str, str] | None = None
-    ) -> list[str | bytes]:
-        """The fields of this order's job but the ``constant`` ones; ``arguments`` are
-        ``job_arguments(order)``, computed once by the caller; ``trace`` (W3C trace headers)
-        becomes the job's meta, for the worker's span."""
+    def for_product(self, product_id: int, at: datetime) -> list[str | bytes]:
+        """The fields of a draining job of ``product_id`` queued ``at`` but the ``constant`` ones."""
+        data = self._data.get(product_id)
+        if data is None:
+            data = self._data[product_id] = self._serializer.dumps((JOB_FUNCTION, None, [product_id], {}))
         # What rq.utils.utcformat writes, without its strftime.
-        stamp = order.admitted_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-        data = self._serializer.dumps((JOB_FUNCTION, None, arguments, {}))
-        per_order = {
-            "data": data,
-            "created_at": stamp,
-            "enqueued_at": stamp,
-            "description": _description(order),
-            "retry_intervals": random.choice(self._retry_intervals),
-        }
-        if trace:
-            per_order["meta"] = self._serializer.dumps(trace)
-        return [item for pair in per_order.items() for item in pair]
+        stamp = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return [
+            "data",
+            data,
+            "created_at",
+            stamp,
+            "enqueued_at",
+            stamp,
+            "description",
+            _description(product_id),
+            "retry_intervals",
+            random.choice(self._retry_intervals),
+        ]
+
+
+def queue_drain(
+    redis: Redis,
+    product_id: int,
+    job_timeout: int,
+    retry_backoff: Sequence[int],
+    replacing: str | None,
+) -> str | None:
+    """Queue a new draining job of ``product_id`` through RQ's own enqueue and name it in the
+    product's flag, in one transaction, provided the flag still names ``replacing`` (None: no
+    job). Returns the new job's id, or None when the flag had moved on (another drain owns
+    the product: nothing is queued)."""
+    flag = drain_flag_key(product_id)
+    job_id = drain_job_id(product_id, uuid.uuid4().hex)
+    queue = order_queue(redis)
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(flag)
+            current = pipe.get(flag)
+            if (current.decode() if current is not None else None) != replacing:
+                return None
+            pipe.multi()
+            queue.enqueue_call(
+                JOB_FUNCTION,
+                args=[product_id],
+                job_id=job_id,
+                timeout=job_timeout,
+                description=_description(product_id),
+                pipeline=pipe,
+                **job_options(jittered_backoff(retry_backoff)),
+            )
+            pipe.set(flag, job_id)
+            pipe.execute()
+        except WatchError:
+            return None
+    return job_id

@@ -5,9 +5,10 @@
 An order holds its units from its admission until its decision has put them where they
 belong: in the database's stock count (confirmed), nowhere (rejected as sold out: the gate
 had promised units the database did not have), or back in the gate (rejected as failed).
-``fs:admitted`` lists every admitted order until that moment, whichever of RQ's lists its
-job is in (queued, popped, running, waiting for a retry, dead-lettered, or none), so the
-count comes from it, never from RQ's lists.
+Its product's pending list holds its entry (product, quantity) until that moment, whatever
+its draining job is doing (queued, popped, running, waiting for a retry, dead-lettered, or
+gone), so the count comes from the pending lists, never from RQ's; ``fs:admitted`` (the
+same orders by id) tells whether an entry is missing.
 
 Drift comes from a gate rebuilt while orders were in flight, orders the database rejected as
 sold out although the gate had admitted them, or a Redis that lost writes in a crash. A pass
@@ -16,8 +17,9 @@ never sets a gate above the truth:
 - the gate is WATCHed before anything is read, and every admission, and every return of a
   failed order's units, moves the gate: one that happens during the pass voids it (a sale in
   full swing is left alone for that pass);
-- ``fs:admitted`` is read before the database, and an order leaves it only after its row
-  is committed, so an order decided in between is counted as held and in the stock: low;
+- the pending lists and ``fs:admitted`` are read (in one MULTI) before the database, and an
+  order leaves them only after its row is committed, so an order decided in between is
+  counted as held and in the stock: low;
 - the order rows are read before the stock, so an order confirmed in between is held and
   taken from the stock: low;
 - a failed order's units go back to the gate in the same step that takes it off
@@ -34,14 +36,12 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import WatchError
-from rq.job import Job
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from db.models import OrderStatus, Product, RejectReason
 from db.orders import DECIDED_AMONG
-from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, gate_key
-from service.sale.order_jobs import arguments_of
+from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, gate_key, pending_key
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ class Repair:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """What ``fs:admitted`` holds, read through each order's job."""
+    """The undecided orders, read from the pending lists, and ``fs:admitted`` to check them."""
 
     orders: dict[uuid.UUID, tuple[int, int]]
-    """order id -> (product id, quantity), from the job's arguments."""
+    """order id -> (product id, quantity), from the pending entries."""
     unreadable: int
-    """Admitted orders whose job is gone: their product and units are unknown."""
+    """Admitted orders whose pending entry is gone: their product and units are unknown."""
 
     def of_product(self, product_id: int) -> dict[uuid.UUID, int]:
         return {
@@ -68,18 +68,20 @@ class Admitted:
         }
 
 
-def _admitted_orders(redis: Redis) -> Admitted:
-    job_ids = redis.zrange(ADMITTED_KEY, 0, -1)
-    with redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hget(Job.key_for(job_id.decode()), "data")
-        jobs_data = pipe.execute()
+def _admitted_orders(redis: Redis, product_ids: list[int]) -> Admitted:
+    """Every product's pending entries and ``fs:admitted``, in one MULTI (one instant)."""
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.zrange(ADMITTED_KEY, 0, -1)
+        for product_id in product_ids:
+            pipe.lrange(pending_key(product_id), 0, -1)
+        admitted, *lists = pipe.execute()
     orders = {}
-    for data in jobs_data:
-        if data is not None:
-            order_id, product_id, quantity, *_ = arguments_of(data)
-            orders[uuid.UUID(order_id)] = (product_id, quantity)
-    return Admitted(orders, len(job_ids) - len(orders))
+    for product_id, entries in zip(product_ids, lists, strict=True):
+        for raw in entries:
+            order_id, quantity, _ = raw.split(b" ", 2)  # an entry: id, quantity, then the rest
+            orders[uuid.UUID(order_id.decode())] = (product_id, int(quantity))
+    unreadable = sum(1 for member in admitted if uuid.UUID(member.decode()) not in orders)
+    return Admitted(orders, unreadable)
 
 
 def _held_units(session: Session, held: dict[uuid.UUID, int]) -> int:
@@ -113,13 +115,13 @@ def reconcile_product(redis: Redis, engine: Engine, product_id: int) -> Repair |
             pipe.watch(gate_key(product_id))
             before = pipe.get(gate_key(product_id))
             before = None if before is None else int(before)
-            admitted = _admitted_orders(redis)
+            admitted = _admitted_orders(redis, list(_stocks(engine)))
             target = max(0, _available_units(engine, product_id, admitted))
             if before == target:
                 return None
             if admitted.unreadable and before is not None and target > before:
                 log.error(
-                    "admitted orders without a job: the gate is not raised",
+                    "admitted orders without a pending entry: the gate is not raised",
                     extra={"product_id": product_id, "orders": admitted.unreadable},
                 )
                 return None

@@ -17,7 +17,7 @@ from service.core.lua import load_scripts, script_source
 from service.core.redis_clients import limiter_redis, main_redis, queue_redis
 from service.core.settings import Settings
 from service.limiter.ratelimit import Limiter
-from service.sale.order_jobs import OrderJobFields, order_queue
+from service.sale.order_jobs import DrainJobFields, order_queue
 from service.sale.sold_out import SoldOutLatch
 
 
@@ -34,14 +34,14 @@ class Resources:
     ) -> None:
         self.settings = settings
         self.redis = redis
-        """Main Redis: stock gate, order jobs."""
+        """Main Redis: stock gate, pending orders, draining jobs."""
         self.admit_script = CoalescedScript(redis, script_source("admit", settings.lua_dir), name="admit")
         """lua/admit.lua; the calls of concurrent requests share pipelines."""
         self.limiter_redis = limiter_redis
         self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir), settings)
         self.queue = queue
-        """The RQ queue; admit.lua writes its jobs."""
-        self.job_fields = OrderJobFields(
+        """The RQ queue; admit.lua writes its draining jobs."""
+        self.job_fields = DrainJobFields(
             queue, settings.job_timeout_seconds, settings.job_retry_backoff_seconds
         )
         self.sold_out = SoldOutLatch()

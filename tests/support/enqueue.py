@@ -1,38 +1,39 @@
-"""Orders queued through RQ's own enqueue instead of lua/admit.lua: RQ's own job, to hold
-admit.lua's against, and jobs to move into any of RQ's states. Not the production path: the
-order skips the product's pending list, so no batch ever claims it."""
+"""Draining jobs queued through RQ's own enqueue instead of lua/admit.lua (RQ's own job, to
+hold admit.lua's against), and orders recorded as admit.lua records them but with no job (to
+move a product's drain into any of RQ's states). Not the production path."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from redis import Redis
 from rq import Queue
 from rq.job import Job
 
 from db.orders import AdmittedOrder
-from service.core.keys import ADMITTED_KEY, order_job_id
-from service.core.settings import DEFAULT_JOB_RETRY_BACKOFF_SECONDS
-from service.core.tracing import trace_carrier
-from service.sale.order_jobs import JOB_FUNCTION, _description, job_arguments, job_options
+from service.core.keys import ADMITTED_KEY, pending_key
+from service.sale.order_jobs import JOB_FUNCTION, _description, job_options, order_entry
 
 
-def enqueue_order(
-    queue: Queue,
-    order: AdmittedOrder,
-    job_timeout: int,
-    retry_backoff: Sequence[int] = DEFAULT_JOB_RETRY_BACKOFF_SECONDS,
+def enqueue_drain(
+    queue: Queue, product_id: int, job_id: str, job_timeout: int, retry_intervals: Sequence[int]
 ) -> Job:
-    """Enqueue through RQ itself, and record the order in ``fs:admitted`` as admit.lua does: a
-    job whose order is not there was decided already, and its worker skips it."""
-    admitted_ms = int(order.admitted_at.timestamp() * 1000)
-    queue.connection.zadd(ADMITTED_KEY, {order_job_id(str(order.order_id)): admitted_ms})
+    """A draining job of ``product_id`` through RQ itself, with the given id and retry waits."""
     return queue.enqueue_call(
         JOB_FUNCTION,
-        args=job_arguments(order),
-        meta=trace_carrier() or None,
-        job_id=order_job_id(str(order.order_id)),
+        args=[product_id],
+        job_id=job_id,
         unique=True,
         timeout=job_timeout,
-        description=_description(order),
-        **job_options(retry_backoff),
+        description=_description(product_id),
+        **job_options(retry_intervals),
     )
+
+
+def record_orders(redis: Redis, orders: list[AdmittedOrder]) -> None:
+    """Record ``orders`` as admit.lua does (pending entry, ``fs:admitted``), queueing no job."""
+    with redis.pipeline(transaction=True) as pipe:
+        for order in orders:
+            pipe.rpush(pending_key(order.product_id), order_entry(order))
+            pipe.zadd(ADMITTED_KEY, {str(order.order_id): int(order.admitted_at.timestamp() * 1000)})
+        pipe.execute()

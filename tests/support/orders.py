@@ -9,8 +9,8 @@ from redis import Redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from service.cli.dev_servers import wait_until
-from service.core.keys import ADMITTED_KEY, order_job_id
-from service.sale.order_jobs import order_queue
+from service.core.keys import ADMITTED_KEY, drain_flag_key, pending_key
+from service.sale.order_jobs import entry_order_id, order_queue
 
 TERMINAL = {"confirmed", "rejected"}
 
@@ -39,18 +39,25 @@ def wait_all_terminal(url: str, order_ids: list[str], timeout: float = 60) -> di
     return views
 
 
-def rq_whereabouts(redis: Redis, order_ids: list[str]) -> dict[str, int]:
-    """How many of these orders' jobs sit in each of RQ's lists and registries (for failure messages)."""
+def rq_whereabouts(redis: Redis, order_ids: list[str], product_id: int = 1) -> dict:
+    """How many of these orders are still admitted and pending, and where RQ keeps the
+    product's draining job (for failure messages)."""
     queue = order_queue(redis)
+    flag = redis.get(drain_flag_key(product_id))
+    job_id = flag.decode() if flag is not None else None
     places = {
         "queued": set(queue.get_job_ids()),
         "intermediate": set(queue.intermediate_queue.get_job_ids()),
         "started": set(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)),
         "scheduled": set(ScheduledJobRegistry(queue=queue).get_job_ids(cleanup=False)),
         "failed": set(FailedJobRegistry(queue=queue).get_job_ids(cleanup=False)),
-        "admitted": {job_id.decode() for job_id in redis.zrange(ADMITTED_KEY, 0, -1)},
     }
-    job_ids = {order_job_id(order_id) for order_id in order_ids}
-    found = {place: len(job_ids & ids) for place, ids in places.items()}
-    found["locks"] = sorted(key.decode() for key in redis.keys("rq:*lock*"))
-    return found
+    wanted = set(order_ids)
+    pending = {entry_order_id(raw) for raw in redis.lrange(pending_key(product_id), 0, -1)}
+    return {
+        "admitted": len(wanted & {member.decode() for member in redis.zrange(ADMITTED_KEY, 0, -1)}),
+        "pending": len(wanted & pending),
+        "drain": job_id,
+        "drain_in": [place for place, ids in places.items() if job_id in ids],
+        "locks": sorted(key.decode() for key in redis.keys("rq:*lock*")),
+    }

@@ -14,7 +14,7 @@ from db.orders import find_order
 from service.api.problems import problem, problem_responses
 from service.api.routes.rate_limited import enforce_rate_limit
 from service.api.schemas import OrderView
-from service.core.keys import ADMITTED_KEY, order_job_id
+from service.core.keys import ADMITTED_KEY
 from service.sale.resources import Resources
 
 
@@ -32,12 +32,12 @@ async def get_order(
 
 
 async def _order_view(order_id: uuid.UUID, resources: Resources) -> OrderView:
-    # fs:admitted holds exactly the orders admitted and not yet decided: a worker (or the
-    # failure callback) commits the row first and then removes the order, so an order missing
-    # from it has its row, whichever job's batch decided it. An order still in it is queued,
-    # whatever its job's state: a job that gave up without a row (PostgreSQL away) leaves its
-    # order undecided, a dead letter waiting to run again, never terminal without its row.
-    if await resources.redis.zscore(ADMITTED_KEY, order_job_id(str(order_id))) is not None:
+    # fs:admitted holds exactly the orders admitted and not yet decided: a draining job (or its
+    # failure callback) commits the rows first and then settles the batch, so an order missing
+    # from it has its row. An order still in it is queued, whatever its draining job's state: a
+    # job that gave up without a row (PostgreSQL away) leaves its orders undecided, a dead
+    # letter waiting to run again, never terminal without its row.
+    if await resources.redis.zscore(ADMITTED_KEY, str(order_id)) is not None:
         return OrderView(order_id=order_id, status=OrderStatus.QUEUED)
     row = await to_thread.run_sync(find_order, resources.engine, order_id)
     if row is not None:

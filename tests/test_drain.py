@@ -1,0 +1,169 @@
+"""One draining job per product: admissions racing the drain's end, a stale run, a hand-off,
+and a sale's worth of admissions while drains end and start again (real Redis and PostgreSQL,
+admitted through the production admit path)."""
+
+import threading
+import time
+
+from db.orders import apply_orders
+from service.core.keys import ADMITTED_KEY, drain_flag_key, pending_key
+from service.sale.order_jobs import order_queue, parse_entry
+from service.sale.stock_gate import seed, set_gate
+from tests.support.admitting import admit_orders
+from tests.support.database import order_rows, product_state, status_counts
+from worker import jobs
+from worker.runner import OrderWorker
+
+
+def _work(redis) -> None:
+    queue = order_queue(redis)
+    OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True)
+
+
+def _flag(redis) -> str | None:
+    flag = redis.get(drain_flag_key(1))
+    return flag.decode() if flag is not None else None
+
+
+def _commit_head(engine, redis, count: int) -> list[str]:
+    """What a drain does before it settles: read the head of the list, commit its rows."""
+    batch = [parse_entry(1, raw).order for raw in redis.lrange(pending_key(1), 0, count - 1)]
+    apply_orders(engine, batch)
+    return [str(order.order_id) for order in batch]
+
+
+def test_an_order_admitted_before_the_drain_ends_is_seen_by_that_drain(settings, redis, fresh_db, worker_env):
+    """The drain committed its batch; an admission comes before it settles: the settle step
+    finds the list not empty, keeps the flag (no second job is queued), and the same job goes
+    on to decide the newcomer."""
+    worker_env()
+    set_gate(redis, 1, 10)
+    first = admit_orders(settings, 2)
+    job_id = _flag(redis)
+    batch = _commit_head(fresh_db, redis, 2)
+    (late,) = admit_orders(settings, 1, first_client=2)
+    assert order_queue(redis).get_job_ids() == [job_id], "the running drain's flag stood: no new job"
+
+    assert jobs.settle(1, job_id, batch) == (2, 1), "two settled, one left: the drain goes on"
+    assert _flag(redis) == job_id
+    _work(redis)
+    assert set(order_rows(fresh_db)) == {*first, late}
+    assert product_state(fresh_db)[0] == 97
+    assert not redis.exists(pending_key(1), drain_flag_key(1)) and redis.zcard(ADMITTED_KEY) == 0
+
+
+def test_an_order_admitted_after_the_drain_ended_queues_a_new_drain(settings, redis, fresh_db, worker_env):
+    worker_env()
+    set_gate(redis, 1, 10)
+    admit_orders(settings, 1)
+    job_id = _flag(redis)
+    redis.lpop(order_queue(redis).key)  # the drain is running
+    assert jobs.settle(1, job_id, _commit_head(fresh_db, redis, 1)) == (1, 0), "the list is empty: ended"
+    assert _flag(redis) is None
+
+    (late,) = admit_orders(settings, 1, first_client=1)
+    new = _flag(redis)
+    assert new not in (None, job_id) and order_queue(redis).get_job_ids() == [new]
+    _work(redis)
+    assert late in order_rows(fresh_db) and not redis.exists(pending_key(1), drain_flag_key(1))
+
+
+def test_a_job_the_flag_does_not_name_touches_nothing(settings, redis, fresh_db, worker_env):
+    """A stale run (RQ retried a job that still ran, or a job handed off) neither takes entries
+    off the list nor ends the drain: the owner finds its orders decided and settles them."""
+    worker_env()
+    set_gate(redis, 1, 10)
+    order_ids = admit_orders(settings, 3)
+    batch = _commit_head(fresh_db, redis, 3)
+    assert jobs.settle(1, "drain-1-stale", batch) == (-1, 3)
+    assert redis.llen(pending_key(1)) == 3 and redis.zcard(ADMITTED_KEY) == 3 and _flag(redis)
+    assert jobs.settle(1, _flag(redis), order_ids[1:]) == (0, 3), "only the entries at the head, in order"
+
+    stock_before, _ = product_state(fresh_db)
+    _work(redis)
+    assert product_state(fresh_db)[0] == stock_before, "decided once, counted once"
+    assert status_counts(fresh_db) == {("confirmed", None): 3}
+    assert not redis.exists(pending_key(1), drain_flag_key(1)) and redis.zcard(ADMITTED_KEY) == 0
+
+
+def test_a_stopping_worker_hands_the_rest_of_the_drain_to_a_new_job(settings, redis, fresh_db, worker_env):
+    worker_env(FLASHSALE_WORKER_BATCH_SIZE="4")
+    set_gate(redis, 1, 100)
+    order_ids = admit_orders(settings, 10)
+    first = _flag(redis)
+    jobs.STOPPING.set()
+    try:
+        queue = order_queue(redis)
+        OrderWorker([queue], connection=redis, serializer=queue.serializer).work(burst=True, max_jobs=1)
+    finally:
+        jobs.STOPPING.clear()
+    assert len(order_rows(fresh_db)) == 4, "the batch in hand, and no other"
+    successor = _flag(redis)
+    assert successor not in (None, first) and order_queue(redis).get_job_ids() == [successor]
+    _work(redis)
+    assert set(order_rows(fresh_db)) == set(order_ids)
+    assert not redis.exists(pending_key(1), drain_flag_key(1))
+
+
+def test_admissions_while_drains_end_and_start_again_lose_nothing(settings, redis, fresh_db, worker_env):
+    """Buyers admit while in-process workers drain in batches of two, so drains keep ending
+    (the list found empty) and starting (an admission finding no flag): every order is decided
+    once, and nothing is left behind."""
+    worker_env(FLASHSALE_WORKER_BATCH_SIZE="2")
+    seed(fresh_db, redis, stock=1000)
+    admitted: list[str] = []
+
+    def buy() -> None:
+        for chunk in range(40):
+            admitted.extend(admit_orders(settings, 3, first_client=3 * chunk))
+            time.sleep(0.05)
+
+    drains = set()
+
+    def watch() -> None:
+        while buyers.is_alive():
+            if (flag := _flag(redis)) is not None:
+                drains.add(flag)
+
+    buyers = threading.Thread(target=buy)
+    buyers.start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    while buyers.is_alive() or redis.llen(pending_key(1)):
+        _work(redis)
+    watcher.join()
+    buyers.join()
+    _work(redis)
+    assert len(admitted) == 120 and set(order_rows(fresh_db)) == set(admitted)
+    assert product_state(fresh_db)[0] == 880
+    assert len(drains) > 1, "drains ended and new ones were queued meanwhile"
+    assert not redis.exists(pending_key(1), drain_flag_key(1)) and redis.zcard(ADMITTED_KEY) == 0
+    assert order_queue(redis).count == 0
+
+
+def test_the_lease_of_a_drain_whose_worker_died_lapses_and_the_next_order_queues_a_new_one(
+    settings, redis, fresh_db, worker_env
+):
+    """A running drain holds its flag on a lease it renews at every batch; its worker killed,
+    the lease lapses (at once here), the next admission queues a new drain, and RQ's later
+    retry of the dead job applies nothing twice."""
+    worker_env()
+    set_gate(redis, 1, 10)
+    first = admit_orders(settings, 2)
+    dead = _flag(redis)
+    redis.lpop(order_queue(redis).key)  # a worker took it...
+    assert jobs.settle(1, dead, []) == (0, 2), "...claimed the product on a lease..."
+    assert 0 < redis.pttl(drain_flag_key(1)) <= 3_000
+    _commit_head(fresh_db, redis, 1)  # ...committed a batch, and died before settling it
+    redis.pexpire(drain_flag_key(1), 1)
+    time.sleep(0.01)
+
+    (late,) = admit_orders(settings, 1, first_client=2)
+    successor = _flag(redis)
+    assert successor not in (None, dead) and order_queue(redis).get_job_ids() == [successor]
+    redis.rpush(order_queue(redis).key, dead)  # RQ's recovery retries the dead job later
+    stock_before, _ = product_state(fresh_db)
+    _work(redis)
+    assert set(order_rows(fresh_db)) == {*first, late}
+    assert product_state(fresh_db)[0] == stock_before - 2, "the committed batch counted once"
+    assert not redis.exists(pending_key(1), drain_flag_key(1)) and redis.zcard(ADMITTED_KEY) == 0
