@@ -7,9 +7,11 @@ in another job's batch and seen again by its own job counts once.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter as PrometheusCounter
+from prometheus_client import Histogram, start_http_server
 from redis import Redis
 from rq import Queue
 
@@ -17,16 +19,16 @@ from db.orders import AdmittedOrder, Outcome
 from service.core.metrics import set_queue_gauges
 from service.sale.order_jobs import count_queue
 
-ORDERS_DECIDED = Counter(
+ORDERS_DECIDED = PrometheusCounter(
     "flashsale_orders_decided",
     "Orders decided by workers, by status (confirmed, rejected) and reason (sold_out, failed…).",
     ["status", "reason"],
 )
-LOCK_CONFLICTS = Counter(
+LOCK_CONFLICTS = PrometheusCounter(
     "flashsale_order_lock_conflicts",
     "Optimistic-lock updates that lost to another worker and were retried.",
 )
-JOB_RETRIES = Counter(
+JOB_RETRIES = PrometheusCounter(
     "flashsale_order_job_retries",
     "Order jobs run again after a failure (their second and later attempts).",
 )
@@ -46,12 +48,15 @@ def observe_batch(orders: Mapping[object, AdmittedOrder], outcomes: Mapping[obje
     """Count the orders this batch decided now, and how long each waited since its 202."""
     now = time.time()
     conflicts = 0
+    decided: Counter[tuple[str, str]] = Counter()  # a batch holds a few kinds: one inc() each
     for order_id, outcome in outcomes.items():
         if not outcome.applied_now:
             continue
         conflicts = max(conflicts, outcome.conflicts)  # one transaction: the same count for all
-        ORDERS_DECIDED.labels(outcome.status, outcome.reason or "").inc()
+        decided[outcome.status, outcome.reason or ""] += 1
         DECIDE_SECONDS.observe(max(0.0, now - orders[order_id].admitted_at.timestamp()))
+    for (status, reason), count in decided.items():
+        ORDERS_DECIDED.labels(status, reason).inc(count)
     LOCK_CONFLICTS.inc(conflicts)
 
 
