@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
+    log_format: str = "auto"
+    """``json``, ``console`` (a person's lines, coloured on a terminal unless ``NO_COLOR``), or
+    ``auto``: console when stderr is a terminal, else JSON (pods have none: JSON)."""
     request_log_level: str = "DEBUG"
     """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written, so
     by default a sale's hot path formats no line per request)."""
@@ -219,6 +222,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    value = raw.lower()
+    if value not in {"auto", "json", "console"}:
+        raise ValueError("must be auto, json or console")
+    return value
+
+
 def _directory(raw: str) -> Path:
     path = Path(raw)
     if not path.is_dir():
@@ -254,6 +264,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": _port,
     "log_level": _log_level,
+    "log_format": _log_format,
     "request_log_level": _log_level,
     "job_timeout_seconds": _positive_int,
     "job_retry_backoff_seconds": _retry_waits,
