@@ -1,6 +1,9 @@
 """Sale-day controls on real API processes sharing one Redis: a policy file changed under a
-running sale (a ConfigMap's symlink swap), a broken one, a limit tried in shadow then enforced."""
+running sale (a ConfigMap's symlink swap), a broken one, a limit tried in shadow then enforced,
+one client's buckets inspected and refilled (on a Redis Cluster limiter too), overrides and the
+allow list."""
 
+import contextlib
 import json
 import threading
 import time
@@ -12,6 +15,7 @@ from service.cli.dev_servers import wait_until
 from service.core.policies import parse_policies, policy_digest
 from service.sale.stock_gate import seed
 from tests.support.configmap import ConfigMapDir
+from tests.support.servers import redis_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +147,46 @@ def test_a_limit_tried_in_shadow_admits_and_counts_then_enforced_denies(system, 
     enforced = policy_digest(parse_policies(_policy(3)))
     wait_until(lambda: all(_digest(url) == enforced for url in system.urls), APPLY_WITHIN_SECONDS, "enforced")
     assert [_buy(system.urls[i % 2], "192.0.2.51") for i in range(4)] == [202] * 3 + [429]
+
+
+TOKEN = "controls-admin-token"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}
+WITH_OVERRIDES = {
+    "buy": {
+        "limits": [{"name": "per-ip", "key": "ip", "capacity": 3, "refill_per_sec": 0.01}],
+        "overrides": [{"match": "203.0.113.0/24", "capacity": 6, "refill_per_sec": 0.01}],
+        "allow": ["192.0.2.99"],
+    }
+}
+
+
+def _tokens(url, client, method="GET"):
+    reply = httpx.request(method, f"{url}/admin/limits/buy/{client}", headers=ADMIN, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return [(limit["capacity"], limit["tokens"]) for limit in reply.json()["limits"]]
+
+
+@pytest.mark.parametrize("limiter", ["main-redis", "redis-cluster"])
+def test_inspect_charges_nothing_and_reset_refills_on_every_replica(system, plenty_of_stock, limiter):
+    with contextlib.ExitStack() as stack:
+        if limiter == "redis-cluster":
+            cluster_url = stack.enter_context(redis_cluster(nodes=3))
+            system.env.update(FLASHSALE_LIMITER_REDIS_URL=cluster_url, FLASHSALE_LIMITER_REDIS_CLUSTER="true")
+        system.env.update(FLASHSALE_ADMIN_TOKEN=TOKEN, FLASHSALE_RATE_POLICIES=json.dumps(WITH_OVERRIDES))
+        system.start_apis(2)
+        first, second = system.urls
+        who = "198.51.100.7"
+        assert [_tokens(url, who) for url in (first, second, first)] == [[(3, 3)]] * 3, "reads charge nothing"
+        assert [_buy(system.urls[i % 2], who) for i in range(5)] == [202] * 3 + [429] * 2  # both deny caches
+        assert _tokens(second, who) == [(3, 0)]
+
+        assert _tokens(first, who, method="DELETE") == [(3, 3)]
+        # The other replica's deny cache lets go once it hears of the reset (a 429 charges nothing).
+        wait_until(lambda: _buy(second, who) == 202, APPLY_WITHIN_SECONDS, "a buy after the reset")
+        assert _tokens(first, who) == [(3, 2)]
+
+        assert _tokens(first, "203.0.113.5") == [(6, 6)], "an override"
+        assert [_buy(second, "203.0.113.5") for _ in range(7)] == [202] * 6 + [429]
+        assert [_buy(first, "192.0.2.99") for _ in range(10)] == [202] * 10, "the allow list"
+        assert httpx.get(f"{first}/admin/limits/buy/192.0.2.99", headers=ADMIN).json()["allow_listed"]
+        system.stop()
