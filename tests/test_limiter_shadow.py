@@ -10,8 +10,10 @@ from litestar.testing import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redis import Redis
 
 from service.api.app import create_app
+from service.core.keys import client_bucket_key, gate_key
 from service.core.settings import settings_from_env
 from service.limiter.identity import ClientIdentity
 from service.sale.resources import close_resources, open_resources
@@ -95,3 +97,35 @@ async def _marked_on_the_span(settings):
     last = exporter.get_finished_spans()[-1].attributes
     assert last["flashsale.limiter_outcome"] == "shadow_limited"
     assert list(last["flashsale.limiter_shadow_violated"]) == ["tight"]
+
+
+def test_on_a_limiter_redis_of_its_own_a_refund_gives_a_shadow_limit_only_what_it_took(
+    settings_env, fresh_db, redis
+):
+    policy = {
+        "buy": {
+            "limits": [
+                {"name": "per-ip", "key": "ip", "capacity": 5, "refill_per_sec": 0.01},
+                {"name": "tight", "key": "ip", "capacity": 1, "refill_per_sec": 0.01, "mode": "shadow"},
+            ]
+        }
+    }
+    limiter_url = settings_env["FLASHSALE_REDIS_URL"].rsplit("/", 1)[0] + "/1"
+    env = {
+        "FLASHSALE_RATE_POLICIES": json.dumps(policy),
+        "FLASHSALE_LIMITER_REDIS_URL": limiter_url,
+    }
+    with TestClient(_app(settings_env, **env)) as client:
+        assert client.app.state.resources.limiter.shares_main_redis is False
+        assert client.post("/buy", json={}).status_code == 202  # tight: 1 -> 0, per-ip: 5 -> 4
+        redis.set(gate_key(1), 0)
+        assert client.post("/buy", json={}).status_code == 409  # charged on the limiter, refunded
+    with Redis.from_url(limiter_url) as limiter_redis:
+        full = {"per-ip": 5_000_000, "tight": 1_000_000}  # a missing bucket is full
+        tokens = {
+            name: int(limiter_redis.hget(client_bucket_key("buy", "ip:testclient", name), "t") or micro)
+            // 1_000_000
+            for name, micro in full.items()
+        }
+        limiter_redis.flushdb()
+    assert tokens == {"per-ip": 4, "tight": 0}, "the shadow bucket, not charged, got nothing back"

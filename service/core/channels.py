@@ -27,8 +27,12 @@ async def follow_channel(
                 await pubsub.subscribe(channel)
                 on_subscribed()
                 async for message in pubsub.listen():
-                    if message["type"] == "message":
+                    if message["type"] != "message":
+                        continue
+                    try:
                         on_message(message["data"])
+                    except Exception:  # one bad message must not end the following
+                        log.exception("channel message not handled", extra={"channel": channel})
         except (RedisError, OSError) as exc:
             log.warning(
                 "channel lost; resubscribing", extra={"channel": channel, "error": type(exc).__name__}
