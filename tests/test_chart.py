@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -12,6 +13,7 @@ import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
 
+from service.core.policies import parse_policies
 from service.core.settings import REPO_ROOT, settings_from_env
 from tests.support.chart import CI_VALUES, lint, objects, render, validate_values, values_of
 
@@ -257,6 +259,47 @@ def test_the_configuration_is_one_flashsale_accepts(values_file):
     env |= {"FLASHSALE_REDIS_URL": "redis://r:6379/0", "FLASHSALE_DATABASE_URL": "postgresql://d/db"}
     settings = settings_from_env(env)  # raises, naming the variable, on anything we would refuse
     assert str(settings.worker_heartbeat_file).startswith("/tmp/"), "the only writable path"
+
+
+RATE_LIMITS = {
+    "buy": {
+        "limits": [
+            {"name": "per-ip", "key": "ip", "capacity": 5, "refill_per_sec": 0.5, "mode": "shadow"},
+            {"name": "sale", "key": "global", "capacity": 2000, "refill_per_sec": 500},
+        ],
+        "overrides": [{"match": "203.0.113.0/24", "capacity": 50, "refill_per_sec": 5}],
+        "allow": ["customer:ops"],
+    }
+}
+
+
+def test_rate_limits_are_a_watched_configmap_that_changes_no_pod_template():
+    pinned = {"redis": {"auth": {"password": "a"}}, "postgresql": {"auth": {"password": "b"}}}
+    rendered = objects({**pinned, "rateLimits": RATE_LIMITS})
+    document = _by_kind(rendered, "ConfigMap")["flashsale-rate-limits"]["data"]["policies.json"]
+    assert parse_policies(document) == parse_policies(json.dumps(RATE_LIMITS)), "a policy flashsale accepts"
+    api = _by_kind(rendered, "Deployment")["flashsale-api"]["spec"]["template"]
+    container = api["spec"]["containers"][0]
+    (path,) = [e["value"] for e in container["env"] if e["name"] == "FLASHSALE_RATE_POLICY_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "rate-limits"]
+    assert path == f"{mount['mountPath']}/policies.json" and "subPath" not in mount, "the kubelet updates it"
+    (volume,) = [v for v in api["spec"]["volumes"] if v["name"] == "rate-limits"]
+    assert volume["configMap"]["name"] == "flashsale-rate-limits"
+    worker = _container(rendered, "flashsale-worker")
+    assert "FLASHSALE_RATE_POLICY_FILE" not in {e["name"] for e in worker["env"]}, "workers limit nothing"
+
+    # A new policy changes the ConfigMap and nothing of any pod template: no pod rolls mid-sale.
+    tighter = {
+        "buy": {**RATE_LIMITS["buy"], "limits": [{**RATE_LIMITS["buy"]["limits"][1], "capacity": 900}]}
+    }
+    changed = objects({**pinned, "rateLimits": tighter})
+    for name in ("flashsale-api", "flashsale-worker"):
+        assert _by_kind(changed, "Deployment")[name] == _by_kind(rendered, "Deployment")[name], name
+    assert (
+        _by_kind(changed, "ConfigMap")["flashsale-rate-limits"]
+        != _by_kind(rendered, "ConfigMap")["flashsale-rate-limits"]
+    )
+    assert "flashsale-rate-limits" not in _by_kind(objects({}), "ConfigMap"), "none unless asked"
 
 
 def test_the_client_keep_alive_and_retry_settings_reach_the_pods():
@@ -783,6 +826,8 @@ def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
         {"api": {"trustedProxies": ["everyone"]}},
         {"config": {"logLevel": "LOUD"}},
         {"config": {"extraEnv": {"lower-case": "x"}}},
+        {"rateLimits": {"checkout": {"limits": [{"name": "a"}]}}},  # not a route flashsale limits
+        {"rateLimits": {"buy": {"limits": []}}},
         {"replicaCount": 3},  # a misplaced key is an error, not silently ignored
         {"podSecurityContext": {"runAsNonRoot": False}},
         {"podSecurityContext": {"runAsUser": 0}},

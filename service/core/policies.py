@@ -9,10 +9,17 @@ A policy comes from ``FLASHSALE_RATE_POLICIES`` (JSON) or the file named by
 
 Without either, ``/buy`` gets one per-IP limit from ``FLASHSALE_RATE_CAPACITY`` and
 ``FLASHSALE_RATE_REFILL_PER_SEC`` (5, 1/s), and no other route is limited.
+
+A limit may say ``"mode": "shadow"``: checked and charged, never denying (a dry run). A route
+may list ``overrides`` (other capacity and refill for some clients) and an ``allow`` list of
+clients it never limits; both match an address or network (``203.0.113.0/24``), a customer
+(``customer:<id>``) or an API key (``api_key:<key>``, or ``api_key:<prefix>*``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import re
 import tomllib
@@ -24,6 +31,7 @@ from msgspec import Meta
 
 Route = Literal["buy", "orders", "products"]
 FailMode = Literal["closed", "open"]
+Mode = Literal["enforce", "shadow"]
 KEY_KINDS = ("ip", "customer", "api_key", "global")
 HEADER_KIND = re.compile(r"^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 MAX_LIMITS_PER_ROUTE = 8
@@ -42,6 +50,12 @@ class LimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     refill_per_sec: Annotated[float, Meta(gt=0, le=1_000_000_000)]
     cost: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 1
     """Tokens one request takes."""
+    mode: Mode = "enforce"
+    """``shadow``: refilled, checked and charged, but never denies (counted ``shadow_limited``)."""
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode == "shadow"
 
     @property
     def refill_micro_per_sec(self) -> int:
@@ -53,13 +67,44 @@ class LimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return max(1, -(-self.capacity * 1_000_000 // self.refill_micro_per_sec))
 
 
+class Override(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Another capacity and refill for the clients ``match`` names, in the route's limits that
+    count that kind of identity (an address or network: ``ip`` limits; ``customer:``:
+    ``customer`` limits; ``api_key:``: ``api_key`` limits)."""
+
+    match: Annotated[str, Meta(min_length=1, max_length=200)]
+    capacity: Annotated[int, Meta(ge=1, le=1_000_000_000)]
+    refill_per_sec: Annotated[float, Meta(gt=0, le=1_000_000_000)]
+
+
 class RoutePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: list[LimitSpec]
     on_redis_error: FailMode = "closed"
     """``closed``: answer 503 when the limiter cannot decide; ``open``: admit, and count it."""
+    overrides: list[Override] = []
+    """The first override matching a client applies to it."""
+    allow: list[Annotated[str, Meta(min_length=1, max_length=200)]] = []
+    """Clients this route never limits."""
 
 
 Policies = dict[Route, RoutePolicy]
+
+
+def match_kind(match: str) -> str:
+    """The limit key kind a match counts (``ip``, ``customer``, ``api_key``); raises
+    :class:`PolicyError` for a match that names none."""
+    kind, sep, value = match.partition(":")
+    if sep and kind in ("customer", "api_key"):
+        if not value or (kind == "customer" and value.endswith("*")) or "*" in value[:-1]:
+            raise PolicyError(f"{match!r}: customer:<id> or api_key:<key> (or api_key:<prefix>*)")
+        return kind
+    try:
+        ipaddress.ip_network(match, strict=True)
+    except ValueError:
+        raise PolicyError(
+            f"{match!r}: an address, a network such as 203.0.113.0/24, customer:<id> or api_key:<key>"
+        ) from None
+    return "ip"
 
 
 def _check(policies: Policies) -> Policies:
@@ -76,6 +121,15 @@ def _check(policies: Policies) -> Policies:
                 )
             if limit.cost > limit.capacity:
                 raise PolicyError(f"{route}.{limit.name}: cost exceeds capacity, so nothing could pass")
+        for match in policy.allow:
+            match_kind(match)
+        for override in policy.overrides:
+            kind = match_kind(override.match)
+            counted = [limit for limit in policy.limits if limit.key == kind]
+            if not counted:
+                raise PolicyError(f"{route}: override {override.match!r} matches no limit counting {kind}")
+            if any(limit.cost > override.capacity for limit in counted):
+                raise PolicyError(f"{route}: override {override.match!r}: a cost exceeds its capacity")
     return policies
 
 
@@ -100,3 +154,20 @@ def load_policy_file(path: Path) -> Policies:
 
 def default_policies(capacity: int, refill_per_sec: float) -> Policies:
     return _check({"buy": RoutePolicy([LimitSpec("per-ip", "ip", capacity, refill_per_sec)])})
+
+
+def in_shadow(policies: Policies) -> Policies:
+    """Every limit in shadow (``FLASHSALE_RATE_SHADOW``)."""
+    return {
+        route: msgspec.structs.replace(
+            policy, limits=[msgspec.structs.replace(limit, mode="shadow") for limit in policy.limits]
+        )
+        for route, policy in policies.items()
+    }
+
+
+def policy_digest(policies: Policies) -> str:
+    """What an operator compares across pods: the same policy has the same digest, whatever
+    the file's spacing or order of routes."""
+    document = msgspec.json.encode(msgspec.to_builtins(policies), order="sorted")
+    return hashlib.sha256(document).hexdigest()[:16]

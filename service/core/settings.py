@@ -16,7 +16,14 @@ from typing import Any
 import msgspec
 
 from db.session import DEFAULT_DATABASE_URL, psycopg2_url
-from service.core.policies import Policies, PolicyError, default_policies, load_policy_file, parse_policies
+from service.core.policies import (
+    Policies,
+    PolicyError,
+    default_policies,
+    in_shadow,
+    load_policy_file,
+    parse_policies,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -41,7 +48,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_policies: str | None = None
     """JSON policy document (see service/core/policies.py); overrides capacity and refill."""
     rate_policy_file: Path | None = None
-    """A JSON or TOML policy file (e.g. a mounted ConfigMap); wins over ``rate_policies``."""
+    """A JSON or TOML policy file (e.g. a mounted ConfigMap); wins over ``rate_policies``. Watched:
+    each API process applies a changed file within seconds (service/limiter/policy_watch.py)."""
+    rate_shadow: bool = False
+    """Every limit in shadow: checked and charged, never denying (counted ``shadow_limited``)."""
     rate_clock: str = "redis"
     """``redis``: buckets use Redis TIME; ``app``: the API's clock, bounded by Redis's expiry clock."""
     rate_legacy_headers: bool = False
@@ -245,6 +255,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_refill_per_sec": _positive_float,
     "rate_policies": str,
     "rate_policy_file": _file,
+    "rate_shadow": _boolean,
     "rate_clock": _rate_clock,
     "rate_legacy_headers": _boolean,
     "trusted_proxies": _networks,
@@ -308,10 +319,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _policies(values: dict[str, Any]) -> Policies:
     if "rate_policy_file" in values:
-        return load_policy_file(values["rate_policy_file"])
-    if "rate_policies" in values:
-        return parse_policies(values["rate_policies"])
-    return default_policies(values.get("rate_capacity", 5), values.get("rate_refill_per_sec", 1.0))
+        policies = load_policy_file(values["rate_policy_file"])
+    elif "rate_policies" in values:
+        policies = parse_policies(values["rate_policies"])
+    else:
+        policies = default_policies(values.get("rate_capacity", 5), values.get("rate_refill_per_sec", 1.0))
+    return in_shadow(policies) if values.get("rate_shadow") else policies
 
 
 @cache

@@ -317,11 +317,22 @@ envFrom:
 env:
   {{- include "flashsale.urlEnv" $root | nindent 2 }}
   {{- include "flashsale.otelEnv" (dict "root" $root "component" .component) | nindent 2 }}
+  {{- if and (eq .component "api") $root.Values.rateLimits }}
+  # Watched by each API process: a changed ConfigMap applies within seconds, no pod rolls.
+  - name: FLASHSALE_RATE_POLICY_FILE
+    value: /etc/flashsale/rate-limits/policies.json
+  {{- end }}
 securityContext:
   {{- toYaml $root.Values.securityContext | nindent 2 }}
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if and (eq .component "api") $root.Values.rateLimits }}
+  # A whole-directory mount (never subPath), so the kubelet's updates reach the pod.
+  - name: rate-limits
+    mountPath: /etc/flashsale/rate-limits
+    readOnly: true
+  {{- end }}
 {{- end }}
 
 {{/* What every flashsale pod shares; call with (dict "root" $ "scheduling" <values>). */}}
@@ -336,6 +347,11 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
+  {{- if and .rateLimits .root.Values.rateLimits }}
+  - name: rate-limits
+    configMap:
+      name: {{ include "flashsale.fullname" .root }}-rate-limits
+  {{- end }}
 {{- end }}
 
 {{/* imagePullSecrets, for every pod of the chart. */}}
