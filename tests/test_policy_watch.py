@@ -1,15 +1,18 @@
 """The policy file, watched: edited in place, swapped as a ConfigMap, broken, removed."""
 
+import asyncio
 import json
 import logging
 import os
+import threading
 
 import pytest
 
 from service.core.metrics import POLICY_RELOAD_ERRORS
-from service.core.policies import parse_policies
+from service.core.policies import MAX_POLICY_FILE_BYTES, parse_policies
 from service.core.settings import settings_from_env
-from service.limiter.policy_watch import REREAD_POLLS, PolicyWatcher
+from service.limiter import policy_watch
+from service.limiter.policy_watch import REREAD_POLLS, PolicyWatcher, watch_policies
 from service.sale.resources import open_resources
 from tests.support.configmap import ConfigMapDir
 
@@ -109,3 +112,44 @@ def test_a_policy_applied_clears_the_deny_cache(tmp_path, watched):
     limiter.deny_cache.deny("some-bucket", 60)
     limiter.apply(parse_policies(_policy(50)))
     assert limiter.deny_cache.remaining(["some-bucket"]) is None
+
+
+def test_a_file_above_the_size_limit_is_refused_by_its_size_unread(tmp_path, watched, monkeypatch):
+    path = tmp_path / "policies.json"
+    path.write_text(_policy(5))
+    limiter, watcher = watched(path)
+    watcher.poll()
+    before, errors = limiter.active, _reload_errors()
+    with path.open("r+b") as file:
+        file.truncate(MAX_POLICY_FILE_BYTES + 1)  # a sparse file: 1 MiB and a byte of nothing
+
+    def never(_path):
+        raise AssertionError("a file that large is never read")
+
+    monkeypatch.setattr(policy_watch, "read_policy_file", never)
+    assert [watcher.poll() for _ in range(2 * REREAD_POLLS)] == [False] * (2 * REREAD_POLLS)
+    assert limiter.active is before and _reload_errors() == errors + 1
+
+
+def test_a_file_is_read_and_parsed_off_the_event_loop(tmp_path, watched):
+    path = tmp_path / "policies.json"
+    path.write_text(_policy(5))
+    limiter, watcher = watched(path)
+    checked_on, check = [], watcher.check
+
+    def recording_check():
+        checked_on.append(threading.get_ident())
+        return check()
+
+    watcher.check = recording_check
+
+    async def run():
+        path.write_text(_policy(12))
+        task = asyncio.create_task(watch_policies(watcher, interval=0.01))
+        while _capacity(limiter) != 12:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(asyncio.wait_for(run(), 5))
+    assert checked_on and loop_thread not in checked_on

@@ -17,6 +17,7 @@ import msgspec
 
 from db.session import DEFAULT_DATABASE_URL, psycopg2_url
 from service.core.policies import (
+    DEFAULT_IPV6_PREFIX,
     Policies,
     PolicyError,
     default_policies,
@@ -61,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     client_ip_header: str = "x-forwarded-for"
     """The header the trusted proxies write the client into: ``x-forwarded-for`` or ``forwarded``
     (RFC 7239). Only that one is read: a proxy passes on whatever a client put in the other."""
-    rate_ipv6_prefix: int = 64
+    rate_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
     """IPv6 clients are counted by their network of this many bits (a home line gets a /64 or a
     /56); 128 counts single addresses. IPv4 addresses, IPv4-mapped ones too, are counted alone."""
     customer_id_header: str | None = None
@@ -318,10 +319,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _policies(values: dict[str, Any]) -> Policies:
+    prefix = values.get("rate_ipv6_prefix", DEFAULT_IPV6_PREFIX)
     if "rate_policy_file" in values:
-        policies = load_policy_file(values["rate_policy_file"])
+        policies = load_policy_file(values["rate_policy_file"], ipv6_prefix=prefix)
     elif "rate_policies" in values:
-        policies = parse_policies(values["rate_policies"])
+        policies = parse_policies(values["rate_policies"], ipv6_prefix=prefix)
     else:
         policies = default_policies(values.get("rate_capacity", 5), values.get("rate_refill_per_sec", 1.0))
     return in_shadow(policies) if values.get("rate_shadow") else policies

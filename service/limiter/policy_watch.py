@@ -3,10 +3,12 @@
 Each API process polls the file (``POLL_SECONDS``): its identity and times (``stat`` follows
 symlinks, so a Kubernetes ConfigMap update, a swap of the ``..data`` symlink to a new directory,
 shows as a new inode) and, every ``REREAD_POLLS`` polls whatever ``stat`` says, its content's
-digest. A changed content is parsed and validated like the file at start; a valid one replaces the
-policy between two requests (``Limiter.apply``: no restart, no request dropped, bucket state kept
-where a limit keeps its name); an invalid one changes nothing, is logged with the reason and
-counted in ``flashsale_policy_reload_errors_total``, once per content.
+digest. A file larger than ``MAX_POLICY_FILE_BYTES`` is refused by its size alone, never read.
+Reading, hashing, parsing and indexing happen in a thread, off the event loop. A changed content
+is validated like the file at start; a valid one replaces the policy between two requests
+(``Limiter.apply``: no restart, no request dropped, bucket state kept where a limit keeps its
+name); an invalid one changes nothing, is logged with the reason and counted in
+``flashsale_policy_reload_errors_total``, once per content.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ import os
 from pathlib import Path
 
 from service.core.metrics import POLICY_RELOAD_ERRORS
-from service.core.policies import PolicyError, in_shadow, parse_policies, policy_digest
-from service.limiter.ratelimit import Limiter
+from service.core.policies import (
+    MAX_POLICY_FILE_BYTES,
+    PolicyError,
+    in_shadow,
+    parse_policies,
+    policy_digest,
+    read_policy_file,
+)
+from service.limiter.ratelimit import ActivePolicy, Limiter, prepare
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +58,48 @@ class PolicyWatcher:
 
     def poll(self) -> bool:
         """Look at the file once; True when it brought a new policy into force."""
+        return self.bring(self.check())
+
+    def check(self) -> ActivePolicy | None:
+        """Look at the file once: a new valid policy, ready to apply, or None. Blocking (it may
+        read and parse up to ``MAX_POLICY_FILE_BYTES``): ``watch_policies`` runs it in a thread."""
         self._polls += 1
         signature = _signature(self.path)
         if signature == self._signature and self._content is not None and self._polls % REREAD_POLLS:
-            return False
+            return None
         self._signature = signature
+        if signature is not None and signature[-1] > MAX_POLICY_FILE_BYTES:
+            return self._reject(
+                f"size:{signature}",
+                f"{self.path} is {signature[-1]} bytes, above the {MAX_POLICY_FILE_BYTES} allowed",
+            )
         try:
-            document = self.path.read_bytes()
-        except OSError as exc:
-            return self._reject(f"error:{exc.errno}", f"cannot read {self.path}: {exc.strerror}")
+            document = read_policy_file(self.path)
+        except PolicyError as exc:
+            return self._reject(f"error:{exc}", str(exc))
         content = hashlib.sha256(document).hexdigest()
         if content == self._content:
-            return False
+            return None
         try:
-            policies = parse_policies(document, toml=self.path.suffix == ".toml")
+            policies = parse_policies(document, self.path.suffix == ".toml", self._limiter.ipv6_prefix)
         except PolicyError as exc:
             return self._reject(content, str(exc))
         self._content = content
         if self._shadow:
             policies = in_shadow(policies)
         if policy_digest(policies) == self._limiter.active.digest:
-            return False  # the same policy, written differently (or the one read at start)
-        active = self._limiter.apply(policies)
+            return None  # the same policy, written differently (or the one read at start)
+        return prepare(policies, self._limiter.ipv6_prefix)
+
+    def bring(self, active: ActivePolicy | None) -> bool:
+        """Put what ``check`` found in force (on the event loop, between two requests)."""
+        if active is None:
+            return False
+        self._limiter.apply(active)
         log.info("rate policy applied", extra={"digest": active.digest, "file": str(self.path)})
         return True
 
-    def _reject(self, content: str, reason: str) -> bool:
+    def _reject(self, content: str, reason: str) -> None:
         """Keep the policy in force; log and count a content once (it is polled again and again)."""
         if content != self._content:
             POLICY_RELOAD_ERRORS.inc()
@@ -83,7 +108,7 @@ class PolicyWatcher:
                 extra={"reason": reason, "file": str(self.path), "digest": self._limiter.active.digest},
             )
         self._content = content
-        return False
+        return None
 
 
 async def watch_policies(watcher: PolicyWatcher, interval: float = POLL_SECONDS) -> None:
@@ -91,6 +116,6 @@ async def watch_policies(watcher: PolicyWatcher, interval: float = POLL_SECONDS)
     while True:
         await asyncio.sleep(interval)
         try:
-            watcher.poll()
+            watcher.bring(await asyncio.to_thread(watcher.check))
         except Exception:
             log.exception("rate policy watch failed")

@@ -29,7 +29,7 @@ from service.core.tracing import record
 from service.limiter.breaker import BreakerState, CircuitBreaker
 from service.limiter.deny_cache import DenyCache
 from service.limiter.identity import ClientIdentity, identity_of
-from service.limiter.overrides import for_client
+from service.limiter.overrides import RouteIndex
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,15 @@ class ActivePolicy:
     digest: str
     loaded_at: float
     """Unix seconds."""
+    indexes: dict[str, RouteIndex]
+    """Each route's policy with its allow list and overrides indexed."""
+
+
+def prepare(policies: Policies, ipv6_prefix: int) -> ActivePolicy:
+    """The policies ready to enforce, their indexes built (thread-safe: a reload builds off the
+    event loop; ``Limiter.apply`` then only swaps it in)."""
+    indexes = {route: RouteIndex(policy, ipv6_prefix) for route, policy in policies.items()}
+    return ActivePolicy(policies, policy_digest(policies), time.time(), indexes)
 
 
 class Limiter:
@@ -135,7 +144,8 @@ class Limiter:
         """The limiter's Redis, for ``reset`` (the scripts are bound to it too)."""
         self._script = scripts.token_buckets
         self._refund_script = scripts.refund_buckets
-        self.active = ActivePolicy(settings.policies, policy_digest(settings.policies), time.time())
+        self.ipv6_prefix = settings.rate_ipv6_prefix
+        self.active = prepare(settings.policies, self.ipv6_prefix)
         _show_policy(None, self.active)
         self._app_clock = settings.rate_clock == "app"
         self._timeout = settings.limiter_timeout_ms / 1000
@@ -152,12 +162,15 @@ class Limiter:
     def policies(self) -> Policies:
         return self.active.policies
 
-    def apply(self, policies: Policies) -> ActivePolicy:
-        """Enforce ``policies`` from the next request on (one that is deciding keeps the plan it
-        made). Buckets are named by route, limit and client, so a limit that keeps its name
-        keeps its state; the deny cache is dropped, as its entries were timed by the old limits."""
+    def apply(self, policies: Policies | ActivePolicy) -> ActivePolicy:
+        """Enforce ``policies`` (or ones ``prepare`` made ready) from the next request on (one that
+        is deciding keeps the plan it made). Buckets are named by route, limit and client, so a
+        limit that keeps its name keeps its state; the deny cache is dropped, as its entries were
+        timed by the old limits."""
         before = self.active
-        self.active = ActivePolicy(policies, policy_digest(policies), time.time())
+        if not isinstance(policies, ActivePolicy):
+            policies = prepare(policies, self.ipv6_prefix)
+        self.active = policies
         if self.deny_cache is not None:
             self.deny_cache.clear()
         _show_policy(before, self.active)
@@ -170,13 +183,12 @@ class Limiter:
     def resolve(self, route: str, client: ClientIdentity) -> Plan | Outcome:
         """The plan of this client's request on ``route`` (its overrides applied), or the outcome
         that needs none: ``UNLIMITED`` (no policy) or ``ALLOW_LISTED``. Counts nothing."""
-        policy = self.policies.get(route)
-        if policy is None:
+        index = self.active.indexes.get(route)
+        if index is None:
             return Outcome.UNLIMITED
-        if policy.allow or policy.overrides:
-            policy = for_client(policy, client)
-            if policy is None:
-                return Outcome.ALLOW_LISTED
+        policy = index.for_client(client)
+        if policy is None:
+            return Outcome.ALLOW_LISTED
         return Plan(route, policy, bucket_keys(route, policy, client))
 
     def plan(self, route: str, client: ClientIdentity) -> Plan | None:
