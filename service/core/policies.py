@@ -39,6 +39,9 @@ Mode = Literal["enforce", "shadow"]
 KEY_KINDS = ("ip", "customer", "api_key", "global")
 HEADER_KIND = re.compile(r"^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 MAX_LIMITS_PER_ROUTE = 8
+LIMIT_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+MAX_UNITS = 1_000_000_000
+"""The most a capacity, a cost or a refill per second may be."""
 MAX_MATCHES_PER_ROUTE = 20_000
 """Overrides and allow entries of one route, together: each request looks them up in an index
 (service/limiter/overrides.py), so the number costs memory and load time, not request time."""
@@ -54,13 +57,13 @@ class PolicyError(ValueError):
 
 
 class LimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    name: Annotated[str, Meta(pattern=LIMIT_NAME)]
     """Shown to clients in RateLimit headers and 429 problems."""
     key: str
     """What one bucket counts: ``ip``, ``customer``, ``api_key``, ``global`` or ``header:<name>``."""
-    capacity: Annotated[int, Meta(ge=1, le=1_000_000_000)]
-    refill_per_sec: Annotated[float, Meta(gt=0, le=1_000_000_000)]
-    cost: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 1
+    capacity: Annotated[int, Meta(ge=1, le=MAX_UNITS)]
+    refill_per_sec: Annotated[float, Meta(gt=0, le=MAX_UNITS)]
+    cost: Annotated[int, Meta(ge=1, le=MAX_UNITS)] = 1
     """Tokens one request takes."""
     mode: Mode = "enforce"
     """``shadow``: refilled, checked and charged, but never denies (counted ``shadow_limited``)."""
@@ -85,8 +88,8 @@ class Override(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``customer`` limits; ``api_key:``: ``api_key`` limits)."""
 
     match: Annotated[str, Meta(min_length=1, max_length=200)]
-    capacity: Annotated[int, Meta(ge=1, le=1_000_000_000)]
-    refill_per_sec: Annotated[float, Meta(gt=0, le=1_000_000_000)]
+    capacity: Annotated[int, Meta(ge=1, le=MAX_UNITS)]
+    refill_per_sec: Annotated[float, Meta(gt=0, le=MAX_UNITS)]
 
 
 class RoutePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -306,6 +306,20 @@ key: redis-password
 {{- join "," $attributes }}
 {{- end }}
 
+{{/* The API's rate-limit policy document (the watched file's content): rateLimits, else
+     config.ratePolicies, else one per-IP limit on /buy from config.rateCapacity and
+     config.rateRefillPerSec (the app's own default, FLASHSALE_RATE_CAPACITY and
+     FLASHSALE_RATE_REFILL_PER_SEC). The file wins over every FLASHSALE_RATE_* policy variable, so
+     the chart passes none of them: this is the one source. */}}
+{{- define "flashsale.ratePolicies" -}}
+{{- if .Values.rateLimits }}{{ toJson .Values.rateLimits }}
+{{- else if .Values.config.ratePolicies }}{{ .Values.config.ratePolicies }}
+{{- else }}
+{{- $limit := dict "name" "per-ip" "key" "ip" "capacity" (int .Values.config.rateCapacity) "refill_per_sec" .Values.config.rateRefillPerSec }}
+{{- toJson (dict "buy" (dict "limits" (list $limit))) }}
+{{- end }}
+{{- end }}
+
 {{/* What every flashsale container shares: image, env, security, writable /tmp. */}}
 {{- define "flashsale.containerBase" -}}
 {{- $root := .root -}}
@@ -317,7 +331,7 @@ envFrom:
 env:
   {{- include "flashsale.urlEnv" $root | nindent 2 }}
   {{- include "flashsale.otelEnv" (dict "root" $root "component" .component) | nindent 2 }}
-  {{- if and (eq .component "api") $root.Values.rateLimits }}
+  {{- if eq .component "api" }}
   # Watched by each API process: a changed ConfigMap applies within seconds, no pod rolls.
   - name: FLASHSALE_RATE_POLICY_FILE
     value: /etc/flashsale/rate-limits/policies.json
@@ -327,7 +341,7 @@ securityContext:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
-  {{- if and (eq .component "api") $root.Values.rateLimits }}
+  {{- if eq .component "api" }}
   # A whole-directory mount (never subPath), so the kubelet's updates reach the pod.
   - name: rate-limits
     mountPath: /etc/flashsale/rate-limits
@@ -347,7 +361,7 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
-  {{- if and .rateLimits .root.Values.rateLimits }}
+  {{- if .rateLimits }}
   - name: rate-limits
     configMap:
       name: {{ include "flashsale.fullname" .root }}-rate-limits
