@@ -168,3 +168,40 @@ def test_overrides_match_networks_customers_and_key_prefixes():
 def test_bad_modes_overrides_and_allow_lists_are_refused_at_load(route):
     with pytest.raises(PolicyError):
         parse_policies(json.dumps({"buy": route}))
+
+
+def test_a_client_holding_a_slash_is_inspected_and_reset(client):
+    """A base64 API key holds '/': sent as %2F (decoded before routing) or as is, it names the key."""
+    key = "ab/cd+ef=="
+    assert [_buy(client, key) for _ in range(2)] == [202, 202]
+    for path in ("api_key:ab%2Fcd+ef==", "api_key:ab/cd+ef=="):
+        assert _tokens(_limits(client, path)) == {"per-key": 1, "sale": 998}, path
+    assert _tokens(_limits(client, "api_key:ab%2Fcd+ef==", method="DELETE"))["per-key"] == 3
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    assert "/admin/limits/{route}/{client}" in paths
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/limits/buy/customer:" + "x" * 400,  # past the 300 characters the route states
+        "/admin/limits/buy/fe80::1%25eth0",  # a zone: an interface, never a client counted
+        "/admin/limits/buy/customer:%20padded",  # HTTP strips what surrounds a header value
+        "/admin/limits/buy/api_key:a%0Ab",  # no header carries a line feed
+        "/admin/limits/buy/",  # no client at all: the route's problem, never an untyped 404
+        "/admin/limits/buy/%2F",
+    ],
+)
+def test_a_client_no_request_could_be_counted_as_is_a_422_problem(client, path):
+    for method in ("GET", "DELETE"):
+        reply = client.request(method, path, headers=AUTH)
+        assert reply.status_code == 422, reply.text
+        assert reply.headers["content-type"].startswith("application/problem+json")
+        assert reply.json()["type"] == "urn:flashsale:problem:invalid-client", reply.text
+
+
+def test_an_ipv4_mapped_client_is_its_ipv4_bucket(client):
+    assert _limits(client, "::ffff:198.51.100.1") == {
+        **_limits(client, "198.51.100.1"),
+        "client": "::ffff:198.51.100.1",
+    }

@@ -190,3 +190,35 @@ def test_inspect_charges_nothing_and_reset_refills_on_every_replica(system, plen
         assert [_buy(first, "192.0.2.99") for _ in range(10)] == [202] * 10, "the allow list"
         assert httpx.get(f"{first}/admin/limits/buy/192.0.2.99", headers=ADMIN).json()["allow_listed"]
         system.stop()
+
+
+PER_CUSTOMER = {
+    "buy": {
+        "limits": [{"name": "per-customer", "key": "customer", "capacity": 2, "refill_per_sec": 0.01}],
+        "overrides": [{"match": "customer:jürgen", "capacity": 4, "refill_per_sec": 0.01}],
+    }
+}
+
+
+def test_a_non_ascii_customer_is_one_bucket_for_buyers_policies_and_the_admin_routes(system, plenty_of_stock):
+    """The header arrives as bytes (UTF-8 from the gateway); the policy and the admin path name the
+    same customer in UTF-8: the override applies, and inspect shows the bucket the buyer spends."""
+    system.env.update(
+        FLASHSALE_ADMIN_TOKEN=TOKEN,
+        FLASHSALE_RATE_POLICIES=json.dumps(PER_CUSTOMER),
+        FLASHSALE_CUSTOMER_ID_HEADER="x-customer-id",
+        FLASHSALE_TRUSTED_PROXIES="127.0.0.1/32",
+    )
+    system.start_apis(1)
+    headers = {"x-customer-id": "jürgen".encode(), "x-forwarded-for": "198.51.100.8"}
+
+    def buy():
+        return httpx.post(f"{system.url}/buy", json={}, headers=headers, timeout=10).status_code
+
+    who = "customer:j%C3%BCrgen"
+    assert _tokens(system.url, who) == [(4, 4)], "the override, for the customer the path names"
+    assert [buy() for _ in range(3)] == [202] * 3
+    assert _tokens(system.url, who) == [(4, 1)], "the bucket the buyer spends"
+    assert [buy() for _ in range(2)] == [202, 429], "the override's capacity, not the limit's 2"
+    assert _tokens(system.url, who, method="DELETE") == [(4, 4)]
+    assert buy() == 202

@@ -34,7 +34,7 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 values = ["{order_id}"]
 
 # Half the clients whose rate limits are asked for are ones the limiter derives; the rest are
-# whatever the client pattern lets through (mostly not an address: 422).
+# any other string (mostly not a client: 422).
 [dictionaries.clients]
 values = ["203.0.113.7", "2001:db8::1", "customer:42", "api_key:k-1"]
 

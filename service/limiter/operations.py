@@ -10,7 +10,7 @@ refills the client's own buckets, never a global one (every client's).
 
 from __future__ import annotations
 
-import ipaddress
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ from redis import asyncio as aioredis
 from service.core.channels import follow_channel
 from service.core.keys import LIMIT_RESET_CHANNEL
 from service.core.policies import LimitSpec
-from service.limiter.client_ip import counted_network
+from service.limiter.client_ip import client_address, counted_network
 from service.limiter.identity import ClientIdentity, identity_of
 from service.limiter.ratelimit import Limiter, Outcome, Plan
 
@@ -51,16 +51,31 @@ class ClientLimits:
     buckets: tuple[BucketView, ...]
 
 
+MAX_CLIENT_CHARS = 300
+"""The longest client an admin path may name (``customer:<id>`` or ``api_key:<key>`` included)."""
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]+")
+"""What a header value may hold (RFC 9110: no control characters but a tab): a customer id or an
+API key the limiter could ever be sent."""
+
+
 def client_of(text: str, api_key_header: str, ipv6_prefix: int) -> ClientIdentity:
+    """The client ``text`` names, as the limiter derives it from a request; ``InvalidClient`` for
+    a text no request could be counted as: longer than ``MAX_CLIENT_CHARS``, an id or key that no
+    header could carry (empty, control characters, spaces around it, which HTTP strips), an
+    address with a zone. An IPv4-mapped address is its IPv4 address."""
+    if len(text) > MAX_CLIENT_CHARS:
+        raise InvalidClient(text)
     kind, sep, value = text.partition(":")
-    if sep and kind == "customer" and value:
-        return ClientIdentity("", value, {}, api_key_header)
-    if sep and kind == "api_key" and value:
+    if sep and kind in ("customer", "api_key"):
+        if not _FIELD_VALUE.fullmatch(value) or value != value.strip(" \t"):
+            raise InvalidClient(text)
+        if kind == "customer":
+            return ClientIdentity("", value, {}, api_key_header)
         return ClientIdentity("", None, {api_key_header: value}, api_key_header)
-    try:
-        ip = str(ipaddress.ip_address(text))
-    except ValueError:
-        raise InvalidClient(text) from None
+    address = client_address(text)
+    if address is None:
+        raise InvalidClient(text)
+    ip = str(address)
     return ClientIdentity(ip, None, {}, api_key_header, counted_network(ip, ipv6_prefix))
 
 

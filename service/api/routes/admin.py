@@ -30,6 +30,7 @@ from service.api.schemas import MAX_ID, BucketState, ClientLimitsView, ProductVi
 from service.core.keys import gate_key
 from service.core.policies import Route as LimitedRoute
 from service.limiter.operations import (
+    MAX_CLIENT_CHARS,
     InvalidClient,
     LimiterUnreachable,
     announce_reset,
@@ -42,8 +43,6 @@ from service.sale.resources import Resources
 from service.sale.stock_gate import publish_product
 
 Units = Annotated[int, Meta(ge=1, le=1_000_000_000)]
-CLIENT_PATTERN = r"^((customer|api_key):.+|[0-9A-Fa-f:.]+)$"
-"""An IP address, customer:<id> or api_key:<key> (the address is checked as one after)."""
 MAX_PRICE = Decimal("99999999.99")
 
 
@@ -194,13 +193,15 @@ class AdminController(Controller):
         return await self._republish(resources, product_id, product)
 
     # One handler for both methods: with two, Litestar's OPTIONS answer lists only the first.
+    # {client:path}: a client may hold '/' (a base64 API key), which arrives decoded (%2F is '/').
     @route(
-        "/limits/{route:str}/{client:str}",
+        "/limits/{route:str}/{client:path}",
         http_method=[HttpMethod.GET, HttpMethod.DELETE],
         status_code=200,
         summary="Inspect (GET) or refill (DELETE) one client's rate-limit buckets",
         description="GET: each limit's tokens, capacity and time to full for this client on this "
-        "route (an IP address, customer:<id> or api_key:<key>), read without charging anything. "
+        "route (an IP address, customer:<id> or api_key:<key>, at most 300 characters, "
+        "percent-encoded as UTF-8; a '/' in it may be sent as is or as %2F), read without charging anything. "
         "DELETE: refills the client's own buckets (never a global limit's, which every client "
         "shares), then answers as GET does.",
         operation_id=lambda _handler, method, _path: "resetLimits" if method == "DELETE" else "inspectLimits",
@@ -210,10 +211,21 @@ class AdminController(Controller):
         self,
         request: Request,
         route: FromPath[LimitedRoute],
-        client: FromPath[Annotated[str, Meta(pattern=CLIENT_PATTERN, max_length=300)]],
+        client: FromPath[str],
         resources: NamedDependency[Resources],
     ) -> ClientLimitsView:
+        client = client.removeprefix("/")  # a path parameter keeps its leading '/'
         return await _limits(resources, route, client, reset=request.method == HttpMethod.DELETE)
+
+    @route(
+        "/limits/{route:str}",
+        http_method=[HttpMethod.GET, HttpMethod.DELETE],
+        include_in_schema=False,
+    )
+    async def no_client(self, route: FromPath[str]) -> None:
+        """A path that names no client (``/admin/limits/buy/``, or a client of slashes alone):
+        the route's own problem rather than the router's untyped 404."""
+        raise _invalid_client()
 
     @staticmethod
     async def _republish(resources: Resources, product_id: int, product: Product | None) -> ProductView:
@@ -226,14 +238,21 @@ class AdminController(Controller):
         return product_view(product, int(gate) if gate is not None else product.stock)
 
 
+def _invalid_client():
+    return problem(
+        422,
+        "invalid-client",
+        f"A client is an IP address (no zone), customer:<id> or api_key:<key> as a header "
+        f"carries it, at most {MAX_CLIENT_CHARS} characters.",
+    )
+
+
 async def _limits(resources: Resources, route: str, client: str, reset: bool) -> ClientLimitsView:
     settings = resources.settings
     try:
         identity = client_of(client, settings.api_key_header, settings.rate_ipv6_prefix)
     except InvalidClient:
-        raise problem(
-            422, "invalid-client", "A client is an IP address, customer:<id> or api_key:<key>."
-        ) from None
+        raise _invalid_client() from None
     try:
         if reset:
             announce = partial(announce_reset, resources.redis)
