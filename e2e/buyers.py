@@ -39,6 +39,8 @@ class Outcome:
     attempts: int = 0
     seconds: float = 0.0
     """From the first ask to the final answer."""
+    lost_at: list[float] = field(default_factory=list)
+    """time.monotonic() of each answer that was lost (and asked again)."""
 
 
 @dataclass
@@ -84,6 +86,7 @@ class PacedSale:
                 outcome.status = NO_ANSWER
             if outcome.status not in RETRYABLE:
                 break
+            outcome.lost_at.append(time.monotonic())
             await asyncio.sleep(0.2 * 2**attempt)  # a client's backoff before asking again
         outcome.seconds = time.monotonic() - started
         if outcome.status == 202:
@@ -91,6 +94,10 @@ class PacedSale:
 
     def statuses(self) -> Counter:
         return Counter(o.status for o in self.outcomes)
+
+    def lost_at(self) -> list[float]:
+        """When answers were lost, over all buyers."""
+        return sorted(t for o in self.outcomes for t in o.lost_at)
 
     def admitted(self) -> list[str]:
         return sorted({o.order_id for o in self.outcomes if o.order_id})

@@ -87,7 +87,8 @@ def _ready(pod: client.V1Pod) -> bool:
 
 class KindTarget(Target):
     # KEDA polls, the HPA syncs every 15 s and pods pull, schedule and start: minutes, not seconds.
-    timeouts = Timeouts(settle=240, scale_up=240, scale_down=420)
+    # Traefik's dial timeout (30 s) to an address no pod holds any more.
+    timeouts = Timeouts(settle=240, scale_up=240, scale_down=420, lost_after_kill=35)
 
     def __init__(self) -> None:
         try:

@@ -27,7 +27,8 @@ API_REPLICAS = 3
 
 
 class LocalTarget(Target):
-    timeouts = Timeouts(settle=90, scale_up=60, scale_down=60)
+    # A killed process's connections are reset at once; nginx answers them within the kill.
+    timeouts = Timeouts(settle=90, scale_up=60, scale_down=60, lost_after_kill=1)
 
     def __init__(self) -> None:
         self._stack = ExitStack()

@@ -23,6 +23,9 @@ class Timeouts:
     """Every 202 reaches a terminal state, even after a worker died holding jobs."""
     scale_up: float
     scale_down: float
+    lost_after_kill: float
+    """How long after a killed API pod is routed around an answer it held may still be lost
+    (the ingress finds out about a vanished pod's connections when they time out)."""
 
 
 HOLD_LIMIT_SECONDS = 900

@@ -25,7 +25,10 @@ local function ms_to_fill(missing, rate)
 end
 
 -- Refill and check `count` buckets: keys[first_key + i - 1] with (capacity, micro-tokens/s,
--- cost) at args[first_arg + 3(i-1)]. Returns admitted (1 when every bucket has its cost), buckets.
+-- cost) at args[first_arg + 3(i-1)]. A negative cost -c is a shadow limit of cost c: checked and
+-- charged like the others, but it never denies, and it is charged only when it has room (so it
+-- holds what the limit would hold if it were enforced). Returns admitted (1 when every enforced
+-- bucket has its cost), buckets.
 local function bucket_check(keys, first_key, args, first_arg, count, now, app_clock)
   local buckets = {}
   local admitted = 1
@@ -34,7 +37,10 @@ local function bucket_check(keys, first_key, args, first_arg, count, now, app_cl
     local at = first_arg + 3 * (i - 1)
     local capacity = tonumber(args[at]) * 1000000
     local rate = tonumber(args[at + 1])
-    local cost = tonumber(args[at + 2]) * 1000000
+    local cost = tonumber(args[at + 2])
+    local shadow = cost < 0
+    if shadow then cost = -cost end
+    cost = cost * 1000000
     local tokens, stamp = capacity, now
     local stored = redis.call('HMGET', key, 't', 'ts', 'f')
     if stored[1] then
@@ -50,9 +56,9 @@ local function bucket_check(keys, first_key, args, first_arg, count, now, app_cl
         stamp = stamp + elapsed
       end
     end
-    if tokens < cost then admitted = 0 end
+    if tokens < cost and not shadow then admitted = 0 end
     buckets[i] = {key = key, capacity = capacity, rate = rate, cost = cost, tokens = tokens, stamp = stamp,
-                  retry = ms_to_fill(cost - tokens, rate)}
+                  retry = ms_to_fill(cost - tokens, rate), shadow = shadow}
   end
   return admitted, buckets
 end
@@ -68,10 +74,10 @@ local function bucket_store(b)
   redis.call('PEXPIRE', b.key, full_in)
 end
 
--- Take every bucket's cost.
+-- Take every bucket's cost (a shadow bucket's only when it has room).
 local function bucket_charge(buckets)
   for _, b in ipairs(buckets) do
-    if b.cost > 0 then
+    if b.cost > 0 and not (b.shadow and b.tokens < b.cost) then
       b.tokens = b.tokens - b.cost
       bucket_store(b)
     end

@@ -5,11 +5,12 @@
 --             (service/core/keys.py), all under one {hash tag} (one Redis Cluster slot)
 -- ARGV[1]     the caller's time in µs, or "" to use Redis TIME (the default)
 -- ARGV[3i-1], ARGV[3i], ARGV[3i+1]  for KEYS[i]: capacity (whole tokens >= 1),
---             refill (micro-tokens per second >= 1), cost (whole tokens >= 0; 0 only reads)
+--             refill (micro-tokens per second >= 1), cost (whole tokens >= 0; 0 only reads;
+--             -c: a shadow limit of cost c, which never denies: see buckets.lib.lua)
 -- returns     {admitted (1|0), now µs, then for each key: allowed (1|0), remaining whole tokens,
 --              ms until its cost fits (0 when it fits), ms until full}
 --
--- All or nothing: when any bucket lacks its cost, none is charged. Every reply value is an
+-- All or nothing: when any enforced bucket lacks its cost, none is charged. Every reply value is an
 -- integer (Lua floats are truncated in replies).
 
 local now, app_clock = bucket_clock(ARGV[1])

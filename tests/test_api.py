@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,6 +12,7 @@ from service.api.app import create_app
 from service.cli.dev_servers import wait_until
 from service.core.keys import gate_key
 from service.core.logs import Throttled
+from service.core.policies import policy_digest
 from tests.support.problems import assert_problem
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
@@ -145,11 +147,19 @@ def test_probes(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {
+    body = ready.json()
+    policy = body["limiter"].pop("policy")
+    assert body == {
         "status": "ready",
         "checks": {"redis": True, "accepting": True},
         "database": {"reachable": True, "error": None},
         "limiter": {"redis": True, "breaker": "closed", "degraded": False},
+    }
+    # The policy in force: what an operator compares across pods.
+    limiter = client.app.state.resources.limiter
+    assert policy == {
+        "digest": policy_digest(limiter.policies),
+        "loaded_at": datetime.fromtimestamp(limiter.active.loaded_at, UTC).isoformat(),
     }
 
 

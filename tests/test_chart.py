@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -12,6 +13,18 @@ import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
 
+from service.core.policies import (
+    HEADER_KIND,
+    KEY_KINDS,
+    LIMIT_NAME,
+    MAX_LIMITS_PER_ROUTE,
+    MAX_MATCHES_PER_ROUTE,
+    MAX_UNITS,
+    Mode,
+    PolicyError,
+    default_policies,
+    parse_policies,
+)
 from service.core.settings import REPO_ROOT, settings_from_env
 from tests.support.chart import CI_VALUES, lint, objects, render, validate_values, values_of
 
@@ -259,6 +272,83 @@ def test_the_configuration_is_one_flashsale_accepts(values_file):
     assert str(settings.worker_heartbeat_file).startswith("/tmp/"), "the only writable path"
 
 
+RATE_LIMITS = {
+    "buy": {
+        "limits": [
+            {"name": "per-ip", "key": "ip", "capacity": 5, "refill_per_sec": 0.5, "mode": "shadow"},
+            {"name": "sale", "key": "global", "capacity": 2000, "refill_per_sec": 500},
+        ],
+        "overrides": [{"match": "203.0.113.0/24", "capacity": 50, "refill_per_sec": 5}],
+        "allow": ["customer:ops"],
+    }
+}
+
+
+def test_rate_limits_are_a_watched_configmap_that_changes_no_pod_template():
+    pinned = {"redis": {"auth": {"password": "a"}}, "postgresql": {"auth": {"password": "b"}}}
+    rendered = objects({**pinned, "rateLimits": RATE_LIMITS})
+    document = _by_kind(rendered, "ConfigMap")["flashsale-rate-limits"]["data"]["policies.json"]
+    assert parse_policies(document) == parse_policies(json.dumps(RATE_LIMITS)), "a policy flashsale accepts"
+    api = _by_kind(rendered, "Deployment")["flashsale-api"]["spec"]["template"]
+    container = api["spec"]["containers"][0]
+    (path,) = [e["value"] for e in container["env"] if e["name"] == "FLASHSALE_RATE_POLICY_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "rate-limits"]
+    assert path == f"{mount['mountPath']}/policies.json" and "subPath" not in mount, "the kubelet updates it"
+    (volume,) = [v for v in api["spec"]["volumes"] if v["name"] == "rate-limits"]
+    assert volume["configMap"]["name"] == "flashsale-rate-limits"
+    worker = _container(rendered, "flashsale-worker")
+    assert "FLASHSALE_RATE_POLICY_FILE" not in {e["name"] for e in worker["env"]}, "workers limit nothing"
+
+    # A new policy changes the ConfigMap and nothing of any pod template: no pod rolls mid-sale.
+    tighter = {
+        "buy": {**RATE_LIMITS["buy"], "limits": [{**RATE_LIMITS["buy"]["limits"][1], "capacity": 900}]}
+    }
+    changed = objects({**pinned, "rateLimits": tighter})
+    for name in ("flashsale-api", "flashsale-worker"):
+        assert _by_kind(changed, "Deployment")[name] == _by_kind(rendered, "Deployment")[name], name
+    assert (
+        _by_kind(changed, "ConfigMap")["flashsale-rate-limits"]
+        != _by_kind(rendered, "ConfigMap")["flashsale-rate-limits"]
+    )
+
+
+def _api_pod_template(values):
+    return _by_kind(objects(values), "Deployment")["flashsale-api"]["spec"]["template"]
+
+
+def test_setting_or_clearing_rate_limits_changes_no_pod_template():
+    """The policy file is mounted whether rateLimits is set or not: the first rateLimits of a
+    release (or clearing it) rolls no pod, as docs/rate-limiting.md promises."""
+    pinned = {"redis": {"auth": {"password": "a"}}, "postgresql": {"auth": {"password": "b"}}}
+    without = _api_pod_template(pinned)
+    assert without == _api_pod_template({**pinned, "rateLimits": RATE_LIMITS})
+    for config in ({"rateCapacity": 9, "rateRefillPerSec": 0.5}, {"ratePolicies": json.dumps(RATE_LIMITS)}):
+        assert without == _api_pod_template({**pinned, "config": config}), config
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, default_policies(5, 1)),
+        ({"config": {"rateCapacity": 9, "rateRefillPerSec": 0.5}}, default_policies(9, 0.5)),
+        ({"config": {"ratePolicies": json.dumps(RATE_LIMITS)}}, parse_policies(json.dumps(RATE_LIMITS))),
+        (  # rateLimits wins over config, as the file wins over FLASHSALE_RATE_POLICIES
+            {"rateLimits": RATE_LIMITS, "config": {"ratePolicies": '{"orders": {}}', "rateCapacity": 9}},
+            parse_policies(json.dumps(RATE_LIMITS)),
+        ),
+    ],
+    ids=str,
+)
+def test_the_watched_file_holds_rate_limits_else_config(values, expected):
+    rendered = objects(values)
+    document = _by_kind(rendered, "ConfigMap")["flashsale-rate-limits"]["data"]["policies.json"]
+    assert parse_policies(document) == expected
+    env = _by_kind(rendered, "ConfigMap")["flashsale"]["data"]
+    assert not {"FLASHSALE_RATE_POLICIES", "FLASHSALE_RATE_CAPACITY", "FLASHSALE_RATE_REFILL_PER_SEC"} & set(
+        env
+    )
+
+
 def test_the_client_keep_alive_and_retry_settings_reach_the_pods():
     config = {"clientIpHeader": "forwarded", "rateIpv6Prefix": 56, "jobRetryBackoffSeconds": "0,0,1"}
     env = dict(
@@ -478,7 +568,7 @@ def test_pods_roll_when_the_configuration_or_a_secret_changes():
     base = checksums(pinned)
     assert base == checksums(pinned)
     for change in (
-        {"config": {"rateCapacity": 10}},
+        {"config": {"logLevel": "DEBUG"}},
         {"adminToken": "t0ken"},
         {"redis": {"auth": {"password": "rotated"}}},
         {"postgresql": {"auth": {"password": "rotated"}}},
@@ -783,6 +873,8 @@ def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
         {"api": {"trustedProxies": ["everyone"]}},
         {"config": {"logLevel": "LOUD"}},
         {"config": {"extraEnv": {"lower-case": "x"}}},
+        {"rateLimits": {"checkout": {"limits": [{"name": "a"}]}}},  # not a route flashsale limits
+        {"rateLimits": {"buy": {"limits": []}}},
         {"replicaCount": 3},  # a misplaced key is an error, not silently ignored
         {"podSecurityContext": {"runAsNonRoot": False}},
         {"podSecurityContext": {"runAsUser": 0}},
@@ -805,6 +897,87 @@ def test_helm_test_checks_readiness_and_runs_the_demo_when_seeded():
 def test_the_schema_rejects_bad_values(bad):
     with pytest.raises(Exception, match="flashsale"):
         validate_values(bad)
+
+
+_LIMIT = {"name": "per-ip", "key": "ip", "capacity": 5, "refill_per_sec": 1}
+POLICY_EXAMPLES = [
+    # (a rateLimits route policy, whether the app loads it)
+    (RATE_LIMITS["buy"], True),
+    ({"limits": [_LIMIT]}, True),
+    ({"limits": [{**_LIMIT, "key": "header:x-tenant", "cost": 2, "mode": "enforce"}]}, True),
+    ({"limits": [_LIMIT], "on_redis_error": "open", "allow": ["api_key:ops-*", "2001:db8::/48"]}, True),
+    ({"limits": [{**_LIMIT, "key": "customer"}], "overrides": [{**_LIMIT, "match": "customer:7"}]}, False),
+    ({"limits": [{k: v for k, v in _LIMIT.items() if k != "refill_per_sec"}]}, False),
+    ({"limits": [{**_LIMIT, "capacity": 0}]}, False),
+    ({"limits": [{**_LIMIT, "capacity": 2.5}]}, False),
+    ({"limits": [{**_LIMIT, "refill_per_sec": 0}]}, False),
+    ({"limits": [{**_LIMIT, "cost": "1"}]}, False),
+    ({"limits": [{**_LIMIT, "mode": "dry"}]}, False),
+    ({"limits": [{**_LIMIT, "burst": 3}]}, False),
+    ({"limits": [{**_LIMIT, "key": "cookie"}]}, False),
+    ({"limits": [{**_LIMIT, "name": "Per IP"}]}, False),
+    ({"limits": [_LIMIT] * 9}, False),
+    ({"limits": [_LIMIT], "on_redis_error": "maybe"}, False),
+    ({"limits": [_LIMIT], "allow": ["somebody"]}, False),
+    ({"limits": [_LIMIT], "allow": ["customer:a*"]}, False),
+    ({"limits": [_LIMIT], "overrides": [{"match": "10.0.0.0/8", "capacity": 9}]}, False),
+    (
+        {
+            "limits": [_LIMIT],
+            "overrides": [{"match": "10.0.0.0/8", "capacity": 9, "refill_per_sec": 1, "x": 1}],
+        },
+        False,
+    ),
+]
+APP_ONLY = [
+    # What a JSON schema cannot say: checked by the app alone (and refused at every pod's start).
+    {"limits": [_LIMIT, _LIMIT]},  # names unique
+    {"limits": [{**_LIMIT, "cost": 6}]},  # a cost within its capacity
+    {"limits": [_LIMIT], "allow": ["10.0.0.1/8"]},  # a network with host bits
+    {"limits": [_LIMIT], "allow": ["2001:db8::1"]},  # narrower than the counted /64
+]
+
+
+def _schema_accepts(route_policy) -> bool:
+    try:
+        validate_values({"rateLimits": {"buy": route_policy}})
+    except Exception as exc:
+        assert "rateLimits" in str(exc), exc
+        return False
+    return True
+
+
+def _app_accepts(route_policy) -> bool:
+    try:
+        parse_policies(json.dumps({"buy": route_policy}))
+    except PolicyError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("route_policy", "loads"), POLICY_EXAMPLES, ids=str)
+def test_the_schema_accepts_a_rate_limit_policy_exactly_when_the_app_loads_it(route_policy, loads):
+    """A typo in rateLimits fails the helm upgrade, never a new pod mid-sale."""
+    assert _app_accepts(route_policy) is loads, "the example says what the app does"
+    assert _schema_accepts(route_policy) is loads
+
+
+@pytest.mark.parametrize("route_policy", APP_ONLY, ids=str)
+def test_what_the_schema_cannot_check_the_app_refuses(route_policy):
+    assert _schema_accepts(route_policy) and not _app_accepts(route_policy)
+
+
+def test_the_schema_has_the_apps_bounds():
+    schema = json.loads((REPO_ROOT / "charts/flashsale/values.schema.json").read_text())
+    route = schema["properties"]["rateLimits"]["additionalProperties"]["properties"]
+    assert route["limits"]["maxItems"] == MAX_LIMITS_PER_ROUTE
+    assert route["overrides"]["maxItems"] == route["allow"]["maxItems"] == MAX_MATCHES_PER_ROUTE
+    limit = route["limits"]["items"]["properties"]
+    kinds = "|".join(KEY_KINDS)
+    assert limit["key"]["pattern"] == f"^({kinds}|{HEADER_KIND.pattern.removeprefix('^').removesuffix('$')})$"
+    assert limit["mode"]["enum"] == list(Mode.__args__)
+    assert limit["name"]["pattern"] == LIMIT_NAME
+    assert limit["capacity"]["maximum"] == limit["refill_per_sec"]["maximum"] == MAX_UNITS
 
 
 # Policy checks we do not follow, and why.

@@ -4,7 +4,7 @@ import os
 import pytest
 from litestar import Request
 
-from service.api.identity import client_identity
+from service.api.client_identity import client_identity
 from service.core.settings import SettingsError, settings_from_env
 from service.limiter.client_ip import counted_network, forwarded_for, resolve_client_ip
 from service.limiter.identity import identity_of

@@ -12,6 +12,7 @@ import re
 from functools import cache
 from pathlib import Path
 
+import pytest
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
@@ -146,17 +147,25 @@ def test_the_route_and_the_fast_path_answer_through_the_one_map():
     assert "problem_for" in {node.id for node in ast.walk(fast_buy) if isinstance(node, ast.Name)}
 
 
+REDIS_CONSTRUCTORS = {
+    "Redis",
+    "StrictRedis",
+    "RedisCluster",
+    "Sentinel",
+    "ConnectionPool",
+    "BlockingConnectionPool",
+    "ClusterConnectionPool",
+    # Whatever the owner: redis.from_url, redis.asyncio.from_url, Redis.from_url, a pool's…
+    "from_url",
+    "from_pool",
+}
+
+
 def _calls_a_redis_constructor(node: ast.AST) -> bool:
     if not isinstance(node, ast.Call):
         return False
     func = node.func
-    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-    if name in {"Redis", "StrictRedis", "RedisCluster"}:
-        return True
-    if name in {"from_url", "from_pool"} and isinstance(func, ast.Attribute):
-        owner = ast.unparse(func.value)
-        return "Redis" in owner or "Pool" in owner
-    return False
+    return (func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")) in REDIS_CONSTRUCTORS
 
 
 def _places(allowed_in: str, matches) -> list[str]:
@@ -175,8 +184,25 @@ def _key_literal(node: ast.AST) -> bool:
 
 
 def test_one_factory_builds_every_redis_client():
-    """Rule 3: ``Redis(…)``, ``Redis.from_url(…)``, ``RedisCluster(…)`` and pools only in the factory."""
+    """Rule 3: clients and pools (``REDIS_CONSTRUCTORS``, by any owner) only in the factory."""
     assert _places(REDIS_FACTORY, _calls_a_redis_constructor) == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "Redis(host='r')",
+        "Redis.from_url(url)",
+        "redis.from_url(url)",
+        "aioredis.from_url(url)",
+        "redis.asyncio.RedisCluster.from_url(url)",
+        "Sentinel([('s', 26379)]).master_for('m')",
+        "ConnectionPool.from_url(url)",
+        "aioredis.BlockingConnectionPool(max_connections=2)",
+    ],
+)
+def test_the_factory_rule_sees_every_way_to_build_a_client(call):
+    assert any(_calls_a_redis_constructor(node) for node in ast.walk(ast.parse(call)))
 
 
 def test_every_redis_key_name_is_built_in_the_keys_module():

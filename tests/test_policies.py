@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from service.core.policies import PolicyError, default_policies, load_policy_file, parse_policies
+from service.core.policies import (
+    MAX_POLICY_FILE_BYTES,
+    PolicyError,
+    default_policies,
+    load_policy_file,
+    parse_policies,
+)
 from service.core.settings import SettingsError, settings_from_env
 
 POLICY = {
@@ -93,3 +99,15 @@ def test_capacity_and_refill_shape_the_default_policy():
     settings = settings_from_env({"FLASHSALE_RATE_CAPACITY": "9", "FLASHSALE_RATE_REFILL_PER_SEC": "3"})
     (limit,) = settings.policies["buy"].limits
     assert (limit.capacity, limit.refill_per_sec) == (9, 3.0)
+
+
+def test_a_policy_file_that_is_not_utf8_or_too_large_is_a_configuration_error(tmp_path, settings_env):
+    path = tmp_path / "limits.json"
+    path.write_bytes(
+        b'{"buy": {"limits": [{"name": "caf\xe9", "key": "ip", "capacity": 1, "refill_per_sec": 1}]}}'
+    )
+    with pytest.raises(SettingsError, match=r"^invalid configuration: FLASHSALE_RATE_POLICY_FILE: not UTF-8"):
+        settings_from_env({**settings_env, "FLASHSALE_RATE_POLICY_FILE": str(path)})
+    path.write_bytes(json.dumps(POLICY).encode().ljust(MAX_POLICY_FILE_BYTES + 1))
+    with pytest.raises(SettingsError, match=r"FLASHSALE_RATE_POLICY_FILE: .* above the 1048576"):
+        settings_from_env({**settings_env, "FLASHSALE_RATE_POLICY_FILE": str(path)})

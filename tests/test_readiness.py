@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from db.migrate import migrate
 from db.session import make_engine
 from service.api.app import create_app
+from service.api.routes import health
 from service.cli.dev_servers import restartable_postgres, restartable_redis, wait_until
 from service.core.settings import settings_from_env
 from service.sale.stock_gate import seed
@@ -127,10 +128,10 @@ def test_a_pod_answers_ready_within_the_probes_timeout_while_postgresql_and_the_
 
 
 def test_a_bug_in_a_readiness_check_is_a_500_not_a_quiet_not_ready(settings, fresh_db, monkeypatch):
+    def broken_check(engine):
+        raise RuntimeError("a bug in the check, not PostgreSQL being away")
+
+    # Our own check is replaced, not a dependency: the bug is ours by construction.
+    monkeypatch.setattr(health, "database_problem", broken_check)
     with TestClient(create_app(settings)) as client:
-
-        async def broken_ping():
-            raise RuntimeError("a bug in the check, not Redis being away")
-
-        monkeypatch.setattr(client.app.state.resources.redis, "ping", broken_ping)
         assert_problem(client.get("/readyz"), 500, "internal")

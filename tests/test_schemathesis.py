@@ -33,8 +33,14 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 [dictionaries.orders]
 values = ["{order_id}"]
 
+# Half the clients whose rate limits are asked for are ones the limiter derives; the rest are
+# any other string (mostly not a client: 422).
+[dictionaries.clients]
+values = ["203.0.113.7", "2001:db8::1", "customer:42", "api_key:k-1"]
+
 [parameters]
 "path.order_id" = {{ dictionary = "orders", probability = 0.5 }}
+"path.client" = {{ dictionary = "clients", probability = 0.5 }}
 """
 
 

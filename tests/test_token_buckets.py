@@ -173,8 +173,8 @@ def test_concurrent_processes_never_overdraw(redis, redis_url):
 limit_strategy = st.tuples(
     st.integers(1, 20),  # capacity
     st.integers(1_000, 100_000_000),  # refill, micro-tokens per second (0.001 to 100 per second)
-    st.integers(0, 4),  # cost
-).filter(lambda limit: limit[2] <= limit[0])
+    st.integers(-4, 4),  # cost (negative: a limit in shadow)
+).filter(lambda limit: abs(limit[2]) <= limit[0])
 step_strategy = st.tuples(
     st.integers(0, 3),
     st.lists(limit_strategy, min_size=1, max_size=3),
@@ -197,6 +197,13 @@ def test_the_scripts_agree_with_the_model_on_every_decision_and_header(redis, st
         reply = scripts.token_buckets(keys=keys, args=args)
         assert reply == model.call(reply[1], keys, limits), (identity, limits)
         if refunded and reply[0]:
+            # As the limiter refunds: nothing to a shadow limit that had no room (it was not charged).
+            refunds = [
+                (capacity, rate, 0 if cost < 0 and not per_limit(reply, i)[0] else cost)
+                for i, (capacity, rate, cost) in enumerate(limits)
+            ]
+            args = [""] + [value for limit in refunds for value in limit]
+            limits = refunds
             reply = scripts.refund_buckets(keys=keys, args=args)
             assert reply == model.refund(reply[1], keys, limits), (identity, limits)
 
@@ -218,3 +225,20 @@ def test_a_refund_gives_back_only_its_own_cost(buckets, refund, redis):
     assert per_limit(refund((5, 0.01, 1)), 0)[1] == 4
     assert per_limit(refund((5, 0.01, 1)), 0)[1] == 5
     assert per_limit(refund((5, 0.01, 1)), 0)[1] == 5
+
+
+def test_a_shadow_limit_never_denies_and_is_charged_only_while_it_has_room(buckets, redis):
+    replies = [buckets((2, 0.01, -1)) for _ in range(4)]
+    assert [r[0] for r in replies] == [1, 1, 1, 1], "never denies"
+    assert [per_limit(r, 0)[:2] for r in replies] == [(1, 1), (1, 0), (0, 0), (0, 0)]
+    assert per_limit(buckets((2, 0.01, 0)), 0)[1] == 0, "empty, not overdrawn"
+
+
+def test_an_enforced_denial_charges_the_shadow_limit_nothing(buckets, redis):
+    buckets((1, 0.01, 1))  # the enforced limit is now empty
+    reply = buckets((1, 0.01, 1), (5, 0.01, -1))
+    assert reply[0] == 0 and per_limit(reply, 1) == (1, 5, 0, 0)
+    assert not redis.exists(OTHER), "all or nothing keeps its meaning for the enforced limits"
+    reply = buckets((5, 0.01, 1), (1, 0.01, -1), keys=("fs:rl:{t:x}:a", "fs:rl:{t:x}:b"))
+    reply = buckets((5, 0.01, 1), (1, 0.01, -1), keys=("fs:rl:{t:x}:a", "fs:rl:{t:x}:b"))
+    assert reply[0] == 1 and per_limit(reply, 0)[1] == 3 and per_limit(reply, 1)[:2] == (0, 0)

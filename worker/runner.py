@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -9,11 +10,13 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job
+from rq.logutils import colorizer
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.core.keys import RECONCILE_LOCK, STRANDED_LOCK
+from service.core.logs import AtDebug, coloured_logs
 from service.core.redis_clients import check_no_eviction, worker_redis
 from service.core.settings import Settings
 from service.core.tracing import configure_tracing
@@ -27,6 +30,12 @@ from worker.stranded import requeue_stranded
 
 ABANDON_GRACE_SECONDS = 5
 HEARTBEAT_SECONDS = 1.0
+RQ_MAINTENANCE_LINES = (
+    "Worker %s: cleaning registries for queue: %s",
+    "Worker %s: cleaning group registries",
+)
+"""What RQ's worker logs at INFO on every maintenance pass (two lines every interval): we write
+them at DEBUG; its other lines, warnings and errors keep their level."""
 
 
 class OrderWorker(SimpleWorker):
@@ -146,6 +155,8 @@ class OrderWorker(SimpleWorker):
 
 def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> bool:
     configure_tracing("flashsale-worker", trace_redis=False)
+    logging.getLogger("rq.worker").addFilter(AtDebug(*RQ_MAINTENANCE_LINES))
+    colorizer.notty = not coloured_logs()  # RQ colours words of its lines whenever stdout is a tty
     if settings.worker_metrics_port is not None:
         serve_metrics(settings.worker_metrics_port)
     connection = worker_redis(settings)  # its commands outlast a Redis restart: see there

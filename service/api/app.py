@@ -13,7 +13,6 @@ import msgspec
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import OpenAPI
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import Receive, Scope, Send
@@ -22,6 +21,7 @@ from opentelemetry.util.http import get_custom_headers
 
 from service.api.front_door import FrontDoor
 from service.api.lifespan import provide_dashboard, provide_resources, resources_lifespan
+from service.api.openapi_page import openapi_assets, openapi_config
 from service.api.problems import exception_handlers, problem_details_plugin
 from service.api.request_body import StrictJsonRequest
 from service.api.routes.admin import AdminController
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FlashsaleApp:
             backlog,
             AdminController,
             MetricsController,
+            openapi_assets(),
         ],
         dependencies={
             "resources": Provide(provide_resources, sync_to_thread=False),
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FlashsaleApp:
         cors_config=_cors(settings),
         request_max_body_size=MAX_BODY_BYTES,
         request_class=StrictJsonRequest,
-        openapi_config=OpenAPIConfig(title="flashsale", version="0.1.0"),
+        openapi_config=openapi_config(title="flashsale", version="0.1.0"),
         logging_config=None,  # service.core.logs owns logging: JSON lines
         debug=False,
     )

@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 from service.api.dashboard import DashboardFeed, close_on_shutdown_signal
 from service.core.redis_clients import check_no_eviction_async
 from service.core.settings import Settings
+from service.limiter.operations import follow_limit_resets
+from service.limiter.policy_watch import PolicyWatcher, watch_policies
 from service.sale.queue_gauges import sample_queue
 from service.sale.resources import Resources, close_resources, open_resources
 from service.sale.sold_out import follow_gate_changes
@@ -39,7 +41,11 @@ def resources_lifespan(settings: Settings):
                 asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out)),
                 asyncio.create_task(sample_queue(resources.redis, queue)),
                 asyncio.create_task(flush_forever(resources.redis)),
+                asyncio.create_task(follow_limit_resets(resources.redis, resources.limiter)),
             ]
+            if settings.rate_policy_file is not None:
+                watcher = PolicyWatcher(settings.rate_policy_file, resources.limiter, settings.rate_shadow)
+                tasks.append(asyncio.create_task(watch_policies(watcher)))
         restore_signals = close_on_shutdown_signal(dashboard)
         # Everything built so far lives as long as the process: out of the collector's sight,
         # so full collections under load do not walk the whole framework again and again.

@@ -55,3 +55,25 @@ class ProductView(msgspec.Struct):
     sale_opens_at: datetime | None = None
     sale_closes_at: datetime | None = None
     per_customer_limit: int | None = None
+
+
+class BucketState(msgspec.Struct):
+    name: str
+    key: str
+    """What the limit counts: ``ip``, ``customer``, ``api_key``, ``global`` or ``header:<name>``."""
+    mode: str
+    """``enforce`` or ``shadow``."""
+    capacity: int
+    """As this client gets it (an override applied)."""
+    refill_per_sec: float
+    tokens: int
+    """Whole tokens in the bucket now, refilled to now."""
+    seconds_to_full: float
+
+
+class ClientLimitsView(msgspec.Struct):
+    route: str
+    client: str
+    allow_listed: bool
+    """On the route's allow list: never limited (no buckets)."""
+    limits: list[BucketState]

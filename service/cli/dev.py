@@ -2,7 +2,8 @@
 
 Uses the Redis and PostgreSQL named by the environment when they answer, otherwise starts
 throwaway ones; migrates, seeds, then runs the API and worker(s) until Ctrl-C, and stops
-everything it started.
+everything it started. Once the API is ready and every worker listens, it prints a banner on
+stdout: where to look and the README's demo command.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 
 from redis.exceptions import RedisError
+from rq import Worker
 
 from db.migrate import DatabaseUnavailable, migrate, wait_for_server
 from db.session import make_engine
+from service.cli.checks import check_ready
 from service.cli.dev_servers import postgres_server, redis_server
+from service.core.logs import colour_on
 from service.core.redis_clients import sync_redis
 from service.core.settings import Settings, redact_url
+from service.sale.order_jobs import order_queue
 from service.sale.stock_gate import seed
 
 log = logging.getLogger(__name__)
@@ -97,11 +103,57 @@ def run_dev(settings: Settings, port: int, workers: int, stock: int | None) -> i
         children += [_spawn("worker", env) for _ in range(workers)]
         stack.callback(_stop_children, children)
         log.info("flashsale is running", extra={"api": f"http://127.0.0.1:{port}", "workers": workers})
-        return _wait_for_signal_or_exit(children)
+        worker_pids = {child.pid for child in children[1:]}
+        return _wait_for_signal_or_exit(
+            children,
+            up=lambda: _everything_answers(f"http://127.0.0.1:{port}", redis_url, worker_pids),
+            announce=lambda: _print_banner(port),
+        )
 
 
-def _wait_for_signal_or_exit(children: list[subprocess.Popen]) -> int:
+def _everything_answers(api_url: str, redis_url: str, worker_pids: set[int]) -> bool:
+    """The API is ready (PostgreSQL reachable too) and every worker listens on the queue."""
+    if check_ready(api_url) is not None:
+        return False
+    try:
+        with sync_redis(redis_url, timeout=1) as redis:
+            return worker_pids <= {worker.pid for worker in Worker.all(queue=order_queue(redis))}
+    except RedisError:
+        return False
+
+
+def banner(port: int, colour: bool) -> str:
+    """Where to look once everything answers, and the README's demo; bold and cyan when ``colour``."""
+    url = f"http://localhost:{port}"
+
+    def paint(code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+    demo = (
+        "for i in $(seq 10); do curl -s -o /dev/null -w '%{http_code}\\n' -X POST "
+        f"localhost:{port}/buy -H 'content-type: application/json' -d '{{}}'; done"
+    )
+    rows = [
+        ("API", paint("36", url)),
+        ("dashboard", paint("36", f"{url}/dashboard")),
+        ("OpenAPI", paint("36", f"{url}/schema")),
+        ("demo", demo),
+        ("", "(one client: 202s while its burst lasts, then 429s)"),
+    ]
+    lines = [paint("1", "flashsale is up") + " (Ctrl-C stops everything)"]
+    lines += [f"  {name:<10} {value}".rstrip() for name, value in rows]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def _print_banner(port: int) -> None:
+    print(banner(port, colour_on(sys.stdout)), flush=True)
+
+
+def _wait_for_signal_or_exit(
+    children: list[subprocess.Popen], up: Callable[[], bool], announce: Callable[[], None]
+) -> int:
     stopping = False
+    announced = False
 
     def _stop(signum, frame):
         nonlocal stopping
@@ -116,6 +168,9 @@ def _wait_for_signal_or_exit(children: list[subprocess.Popen]) -> int:
                     "a child process exited; stopping", extra={"pid": child.pid, "code": child.returncode}
                 )
                 return 1
+        if not announced and up():
+            announce()
+            announced = True
         time.sleep(0.2)
     return 0
 

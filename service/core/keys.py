@@ -16,6 +16,9 @@ what ``GET /orders`` and ``GET /backlog`` read; an order leaves it in the step t
 entry off its product's pending list, after its row is committed (see worker/jobs.py)."""
 GATE_CHANNEL = "fs:gate"
 """Pub/sub: a product id whenever units come back to its gate (sold-out latches clear)."""
+LIMIT_RESET_CHANNEL = "fs:limits:reset"
+"""Pub/sub: the bucket keys an admin just refilled, so every API process drops them from its
+deny cache (the buckets may live on another Redis; every process has this one)."""
 STATS_KEY_PREFIX = "fs:stats:"
 RECONCILE_LOCK = "fs:reconcile:lock"
 """Held by the one worker reconciling the stock gates."""

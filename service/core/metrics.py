@@ -21,8 +21,19 @@ PIPELINE_CALLS = Histogram(
 LIMITER_DECISIONS = Counter(
     "flashsale_limiter_decisions",
     "Rate-limiter decisions by route and outcome "
-    "(admitted, limited, limited_cached, failed_open, failed_closed, unlimited).",
+    "(admitted, limited, limited_cached, shadow_limited, failed_open, failed_closed, unlimited, "
+    "allow_listed).",
     ["route", "outcome"],
+)
+RATE_POLICY_LOADED = Gauge(
+    "flashsale_rate_policy_loaded_timestamp_seconds",
+    "When this process loaded the rate-limit policy it enforces (unix seconds), labelled with the "
+    "policy's digest: every pod should show the same one.",
+    ["digest"],
+)
+POLICY_RELOAD_ERRORS = Counter(
+    "flashsale_policy_reload_errors",
+    "Changed policy files that failed validation and were ignored (the policy in force stays).",
 )
 LIMITER_DEGRADED = Gauge(
     "flashsale_limiter_degraded",

@@ -16,7 +16,15 @@ from typing import Any
 import msgspec
 
 from db.session import DEFAULT_DATABASE_URL, psycopg2_url
-from service.core.policies import Policies, PolicyError, default_policies, load_policy_file, parse_policies
+from service.core.policies import (
+    DEFAULT_IPV6_PREFIX,
+    Policies,
+    PolicyError,
+    default_policies,
+    in_shadow,
+    load_policy_file,
+    parse_policies,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -41,7 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_policies: str | None = None
     """JSON policy document (see service/core/policies.py); overrides capacity and refill."""
     rate_policy_file: Path | None = None
-    """A JSON or TOML policy file (e.g. a mounted ConfigMap); wins over ``rate_policies``."""
+    """A JSON or TOML policy file (e.g. a mounted ConfigMap); wins over ``rate_policies``. Watched:
+    each API process applies a changed file within seconds (service/limiter/policy_watch.py)."""
+    rate_shadow: bool = False
+    """Every limit in shadow: checked and charged, never denying (counted ``shadow_limited``)."""
     rate_clock: str = "redis"
     """``redis``: buckets use Redis TIME; ``app``: the API's clock, bounded by Redis's expiry clock."""
     rate_legacy_headers: bool = False
@@ -51,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     client_ip_header: str = "x-forwarded-for"
     """The header the trusted proxies write the client into: ``x-forwarded-for`` or ``forwarded``
     (RFC 7239). Only that one is read: a proxy passes on whatever a client put in the other."""
-    rate_ipv6_prefix: int = 64
+    rate_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
     """IPv6 clients are counted by their network of this many bits (a home line gets a /64 or a
     /56); 128 counts single addresses. IPv4 addresses, IPv4-mapped ones too, are counted alone."""
     customer_id_header: str | None = None
@@ -82,6 +93,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
+    log_format: str = "auto"
+    """``json``, ``console`` (a person's lines, coloured on a terminal unless ``NO_COLOR``), or
+    ``auto``: console when stderr is a terminal, else JSON (pods have none: JSON)."""
     request_log_level: str = "DEBUG"
     """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written, so
     by default a sale's hot path formats no line per request)."""
@@ -220,6 +234,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    value = raw.lower()
+    if value not in {"auto", "json", "console"}:
+        raise ValueError("must be auto, json or console")
+    return value
+
+
 def _directory(raw: str) -> Path:
     path = Path(raw)
     if not path.is_dir():
@@ -236,6 +257,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_refill_per_sec": _positive_float,
     "rate_policies": str,
     "rate_policy_file": _file,
+    "rate_shadow": _boolean,
     "rate_clock": _rate_clock,
     "rate_legacy_headers": _boolean,
     "trusted_proxies": _networks,
@@ -255,6 +277,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": _port,
     "log_level": _log_level,
+    "log_format": _log_format,
     "request_log_level": _log_level,
     "job_timeout_seconds": _positive_int,
     "job_retry_backoff_seconds": _retry_waits,
@@ -297,11 +320,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _policies(values: dict[str, Any]) -> Policies:
+    prefix = values.get("rate_ipv6_prefix", DEFAULT_IPV6_PREFIX)
     if "rate_policy_file" in values:
-        return load_policy_file(values["rate_policy_file"])
-    if "rate_policies" in values:
-        return parse_policies(values["rate_policies"])
-    return default_policies(values.get("rate_capacity", 5), values.get("rate_refill_per_sec", 1.0))
+        policies = load_policy_file(values["rate_policy_file"], ipv6_prefix=prefix)
+    elif "rate_policies" in values:
+        policies = parse_policies(values["rate_policies"], ipv6_prefix=prefix)
+    else:
+        policies = default_policies(values.get("rate_capacity", 5), values.get("rate_refill_per_sec", 1.0))
+    return in_shadow(policies) if values.get("rate_shadow") else policies
 
 
 @cache

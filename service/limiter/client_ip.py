@@ -39,8 +39,14 @@ def _node(text: str) -> IPAddress | None:
             return None
     else:
         host = text
+    return client_address(host)
+
+
+def client_address(text: str) -> IPAddress | None:
+    """``text`` as the address a client is counted by, when it is exactly one: an IPv4-mapped
+    IPv6 address is its IPv4 address; a zone (``fe80::1%eth0``) is none."""
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if address.version == 6:

@@ -34,6 +34,10 @@ class DenyCache:
         for key in keys:
             self._until.pop(key, None)
 
+    def clear(self) -> None:
+        """Forget everything: the limits changed (a new policy), so the times known are not."""
+        self._until.clear()
+
     def remaining(self, keys: Iterable[str]) -> tuple[str, float] | None:
         """The first of ``keys`` still denied and for how many seconds, or None."""
         now = self._clock()

@@ -1,4 +1,4 @@
-"""Who a request counts against, for each kind of limit key (``service.api.identity`` reads it
+"""Who a request counts against, for each kind of limit key (``service.api.client_identity`` reads it
 from a request)."""
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Resources:
         self.admit_script = CoalescedScript(redis, script_source("admit", settings.lua_dir), name="admit")
         """lua/admit.lua; the calls of concurrent requests share pipelines."""
         self.limiter_redis = limiter_redis
-        self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir), settings)
+        self.limiter = Limiter(load_scripts(limiter_redis, settings.lua_dir), settings, limiter_redis)
         self.queue = queue
         """The RQ queue; admit.lua writes its draining jobs."""
         self.job_fields = DrainJobFields(

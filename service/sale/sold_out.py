@@ -7,21 +7,17 @@ subscription), the next request asks Redis again and latches anew.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
 
+from service.core.channels import follow_channel
 from service.core.keys import GATE_CHANNEL
 from service.core.metrics import SOLD_OUT_LATCH_ANSWERS, SOLD_OUT_LATCHED
 
-log = logging.getLogger(__name__)
 LATCH_SECONDS = 5.0
-RESUBSCRIBE_SECONDS = 1.0
 
 
 class SoldOutLatch:
@@ -53,16 +49,10 @@ class SoldOutLatch:
 
 
 async def follow_gate_changes(redis: aioredis.Redis, latch: SoldOutLatch) -> None:
-    """Clear latches as gate changes are announced; resubscribe after a lost connection."""
-    while True:
-        try:
-            async with redis.pubsub() as pubsub:
-                await pubsub.subscribe(GATE_CHANNEL)
-                latch.clear()  # anything may have changed while we were not listening
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        with contextlib.suppress(ValueError):
-                            latch.clear(int(message["data"]))
-        except (RedisError, OSError) as exc:
-            log.warning("gate channel lost; resubscribing", extra={"error": type(exc).__name__})
-            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+    """Clear latches as gate changes are announced (all of them after a lost connection)."""
+
+    def cleared(data: str) -> None:
+        with contextlib.suppress(ValueError):
+            latch.clear(int(data))
+
+    await follow_channel(redis, GATE_CHANNEL, cleared, latch.clear)

@@ -20,19 +20,21 @@ class BucketModel:
     """key -> (micro-tokens, µs of the last refill)"""
 
     def call(self, now: int, keys: list[str], limits: list[tuple[int, int, int]]) -> list[int]:
-        """``limits`` holds (capacity, refill micro-tokens/s, cost) per key; returns the script's reply."""
+        """``limits`` holds (capacity, refill micro-tokens/s, cost) per key, a negative cost for a
+        limit in shadow (it never denies, and is charged only when it has room); returns the
+        script's reply."""
         state = []
         admitted = 1
         for key, (capacity, rate, cost) in zip(keys, limits, strict=True):
-            capacity, cost = capacity * MICRO, cost * MICRO
+            shadow, capacity, cost = cost < 0, capacity * MICRO, abs(cost) * MICRO
             tokens, stamp = self._refilled(key, capacity, rate, now)
-            if tokens < cost:
+            if tokens < cost and not shadow:
                 admitted = 0
-            state.append([capacity, rate, cost, tokens, stamp])
+            state.append([capacity, rate, cost, tokens, stamp, shadow])
         reply = [admitted, now]
-        for key, (capacity, rate, cost, tokens, stamp) in zip(keys, state, strict=True):
+        for key, (capacity, rate, cost, tokens, stamp, shadow) in zip(keys, state, strict=True):
             retry = _ms_to_fill(cost - tokens, rate)
-            if admitted and cost > 0:
+            if admitted and cost > 0 and not (shadow and tokens < cost):
                 tokens -= cost
                 self.buckets[key] = (tokens, stamp)
             reply += [int(retry == 0), tokens // MICRO, retry, _ms_to_fill(capacity - tokens, rate)]
@@ -42,7 +44,7 @@ class BucketModel:
         """refund_buckets.lua: each cost back, never past capacity; returns the script's reply."""
         reply = [1, now]
         for key, (capacity, rate, cost) in zip(keys, limits, strict=True):
-            capacity, cost = capacity * MICRO, cost * MICRO
+            capacity, cost = capacity * MICRO, abs(cost) * MICRO
             tokens, stamp = self._refilled(key, capacity, rate, now)
             if cost > 0:
                 tokens = min(capacity, tokens + cost)

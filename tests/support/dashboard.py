@@ -1,8 +1,4 @@
-"""The dashboard in a real headless browser: Debian's Chromium driven by Playwright.
-
-Playwright's own browser downloads are never used (they cannot be fetched here, nor in CI):
-``.ci/run`` installs the ``chromium`` package and the tests launch it by path. Without it
-the tests fail, saying what to install; they never skip.
+"""The dashboard in a real headless browser (``tests.support.browser``).
 
 ``FLASHSALE_DASHBOARD_SCREENSHOT=docs/dashboard.png pytest tests/test_dashboard.py`` also
 saves the page mid-sale as the screenshot docs/observability.md shows; a normal run writes no
@@ -13,25 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from service.cli.dev_servers import wait_until
+from tests.support.browser import headless_page
 
-CHROMIUM = os.environ.get("FLASHSALE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",  # we run as root in CI
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-LAPTOP = {"width": 1366, "height": 768}
 SCREENSHOT_ENV = "FLASHSALE_DASHBOARD_SCREENSHOT"
 SCREENSHOT_MAX_BYTES = 300 * 1024
 
@@ -39,23 +23,8 @@ SCREENSHOT_MAX_BYTES = 300 * 1024
 @contextmanager
 def dashboard_page(url: str) -> Iterator:
     """A page of headless Chromium, laptop-sized, showing ``url``/dashboard."""
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: pip install -e '.[dev]'")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=LAPTOP)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{url}/dashboard")
-            page.script_errors = errors
-            yield page
-        finally:
-            browser.close()
+    with headless_page(f"{url}/dashboard") as page:
+        yield page
 
 
 def text(page, name: str) -> str:

@@ -306,6 +306,20 @@ key: redis-password
 {{- join "," $attributes }}
 {{- end }}
 
+{{/* The API's rate-limit policy document (the watched file's content): rateLimits, else
+     config.ratePolicies, else one per-IP limit on /buy from config.rateCapacity and
+     config.rateRefillPerSec (the app's own default, FLASHSALE_RATE_CAPACITY and
+     FLASHSALE_RATE_REFILL_PER_SEC). The file wins over every FLASHSALE_RATE_* policy variable, so
+     the chart passes none of them: this is the one source. */}}
+{{- define "flashsale.ratePolicies" -}}
+{{- if .Values.rateLimits }}{{ toJson .Values.rateLimits }}
+{{- else if .Values.config.ratePolicies }}{{ .Values.config.ratePolicies }}
+{{- else }}
+{{- $limit := dict "name" "per-ip" "key" "ip" "capacity" (int .Values.config.rateCapacity) "refill_per_sec" .Values.config.rateRefillPerSec }}
+{{- toJson (dict "buy" (dict "limits" (list $limit))) }}
+{{- end }}
+{{- end }}
+
 {{/* What every flashsale container shares: image, env, security, writable /tmp. */}}
 {{- define "flashsale.containerBase" -}}
 {{- $root := .root -}}
@@ -317,11 +331,22 @@ envFrom:
 env:
   {{- include "flashsale.urlEnv" $root | nindent 2 }}
   {{- include "flashsale.otelEnv" (dict "root" $root "component" .component) | nindent 2 }}
+  {{- if eq .component "api" }}
+  # Watched by each API process: a changed ConfigMap applies within seconds, no pod rolls.
+  - name: FLASHSALE_RATE_POLICY_FILE
+    value: /etc/flashsale/rate-limits/policies.json
+  {{- end }}
 securityContext:
   {{- toYaml $root.Values.securityContext | nindent 2 }}
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if eq .component "api" }}
+  # A whole-directory mount (never subPath), so the kubelet's updates reach the pod.
+  - name: rate-limits
+    mountPath: /etc/flashsale/rate-limits
+    readOnly: true
+  {{- end }}
 {{- end }}
 
 {{/* What every flashsale pod shares; call with (dict "root" $ "scheduling" <values>). */}}
@@ -336,6 +361,11 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
+  {{- if .rateLimits }}
+  - name: rate-limits
+    configMap:
+      name: {{ include "flashsale.fullname" .root }}-rate-limits
+  {{- end }}
 {{- end }}
 
 {{/* imagePullSecrets, for every pod of the chart. */}}

@@ -1,4 +1,5 @@
-"""The admin API: products, restocks and sale rules, behind ``FLASHSALE_ADMIN_TOKEN``."""
+"""The admin API: products, restocks and sale rules, and one client's rate-limit buckets
+(inspect, reset), behind ``FLASHSALE_ADMIN_TOKEN``."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import hashlib
 import hmac
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Annotated
 
 import msgspec
 from anyio import to_thread
-from litestar import Controller, post, put
+from litestar import Controller, HttpMethod, Request, post, put, route
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers import BaseRouteHandler
@@ -24,8 +26,18 @@ from db.models import Product
 from service.api.problems import problem, problem_responses
 from service.api.request_body import json_bodies_only
 from service.api.routes.products import product_view
-from service.api.schemas import MAX_ID, ProductView
+from service.api.schemas import MAX_ID, BucketState, ClientLimitsView, ProductView
 from service.core.keys import gate_key
+from service.core.policies import Route as LimitedRoute
+from service.limiter.operations import (
+    MAX_CLIENT_CHARS,
+    InvalidClient,
+    LimiterUnreachable,
+    announce_reset,
+    client_of,
+    inspect_client,
+    reset_client,
+)
 from service.sale.reconcile import reconcile_product
 from service.sale.resources import Resources
 from service.sale.stock_gate import publish_product
@@ -180,6 +192,41 @@ class AdminController(Controller):
         product = await to_thread.run_sync(_change, resources, product_id, msgspec.structs.asdict(data))
         return await self._republish(resources, product_id, product)
 
+    # One handler for both methods: with two, Litestar's OPTIONS answer lists only the first.
+    # {client:path}: a client may hold '/' (a base64 API key), which arrives decoded (%2F is '/').
+    @route(
+        "/limits/{route:str}/{client:path}",
+        http_method=[HttpMethod.GET, HttpMethod.DELETE],
+        status_code=200,
+        summary="Inspect (GET) or refill (DELETE) one client's rate-limit buckets",
+        description="GET: each limit's tokens, capacity and time to full for this client on this "
+        "route (an IP address, customer:<id> or api_key:<key>, at most 300 characters, "
+        "percent-encoded as UTF-8; a '/' in it may be sent as is or as %2F), read without charging anything. "
+        "DELETE: refills the client's own buckets (never a global limit's, which every client "
+        "shares), then answers as GET does.",
+        operation_id=lambda _handler, method, _path: "resetLimits" if method == "DELETE" else "inspectLimits",
+        responses=problem_responses(400, 401, 403, 404, 408, 422, 503),
+    )
+    async def client_limits(
+        self,
+        request: Request,
+        route: FromPath[LimitedRoute],
+        client: FromPath[str],
+        resources: NamedDependency[Resources],
+    ) -> ClientLimitsView:
+        client = client.removeprefix("/")  # a path parameter keeps its leading '/'
+        return await _limits(resources, route, client, reset=request.method == HttpMethod.DELETE)
+
+    @route(
+        "/limits/{route:str}",
+        http_method=[HttpMethod.GET, HttpMethod.DELETE],
+        include_in_schema=False,
+    )
+    async def no_client(self, route: FromPath[str]) -> None:
+        """A path that names no client (``/admin/limits/buy/``, or a client of slashes alone):
+        the route's own problem rather than the router's untyped 404."""
+        raise _invalid_client()
+
     @staticmethod
     async def _republish(resources: Resources, product_id: int, product: Product | None) -> ProductView:
         if product is None:
@@ -189,3 +236,45 @@ class AdminController(Controller):
         await to_thread.run_sync(reconcile_product, resources.queue.connection, resources.engine, product_id)
         gate = await resources.redis.get(gate_key(product_id))
         return product_view(product, int(gate) if gate is not None else product.stock)
+
+
+def _invalid_client():
+    return problem(
+        422,
+        "invalid-client",
+        f"A client is an IP address (no zone), customer:<id> or api_key:<key> as a header "
+        f"carries it, at most {MAX_CLIENT_CHARS} characters.",
+    )
+
+
+async def _limits(resources: Resources, route: str, client: str, reset: bool) -> ClientLimitsView:
+    settings = resources.settings
+    try:
+        identity = client_of(client, settings.api_key_header, settings.rate_ipv6_prefix)
+    except InvalidClient:
+        raise _invalid_client() from None
+    try:
+        if reset:
+            announce = partial(announce_reset, resources.redis)
+            found = await reset_client(resources.limiter, route, identity, announce)
+        else:
+            found = await inspect_client(resources.limiter, route, identity)
+    except LookupError:
+        raise problem(404, "unknown-route", f"No rate-limit policy covers the route {route!r}.") from None
+    except LimiterUnreachable:
+        raise problem(
+            503, "limiter-unavailable", "The rate limiter's Redis cannot answer right now; try again shortly."
+        ) from None
+    buckets = [
+        BucketState(
+            name=b.limit.name,
+            key=b.limit.key,
+            mode=b.limit.mode,
+            capacity=b.limit.capacity,
+            refill_per_sec=b.limit.refill_per_sec,
+            tokens=b.tokens,
+            seconds_to_full=b.full_in_ms / 1000,
+        )
+        for b in found.buckets
+    ]
+    return ClientLimitsView(route=route, client=client, allow_listed=found.allow_listed, limits=buckets)

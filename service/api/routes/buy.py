@@ -10,7 +10,7 @@ from __future__ import annotations
 from litestar import Request, Response, post
 from litestar.params import JSONBody
 
-from service.api.identity import client_identity
+from service.api.client_identity import client_identity
 from service.api.problems import problem_responses
 from service.api.request_body import json_bodies_only
 from service.api.schemas import BuyAccepted, BuyRequest

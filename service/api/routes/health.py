@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from anyio import to_thread
 from litestar import Response, get
@@ -102,6 +103,11 @@ async def readyz(resources: NamedDependency[Resources]) -> Response[dict]:
             "redis": limiter_problem is None,
             "breaker": resources.limiter.breaker.state.value,
             "degraded": resources.limiter.degraded,
+            # The same digest on every pod: they all enforce the same policy.
+            "policy": {
+                "digest": resources.limiter.active.digest,
+                "loaded_at": datetime.fromtimestamp(resources.limiter.active.loaded_at, UTC).isoformat(),
+            },
         },
     }
     if redis_problem:

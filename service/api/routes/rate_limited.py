@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Request
 
-from service.api.identity import client_identity
+from service.api.client_identity import client_identity
 from service.limiter.identity import ClientIdentity
 from service.limiter.ratelimit import ratelimit_headers
 from service.limiter.refusals import refuse_unless_admitted
