@@ -5,9 +5,9 @@ admitted through the production admit path)."""
 import threading
 import time
 
-from db.orders import apply_orders
-from service.core.keys import ADMITTED_KEY, drain_flag_key, pending_key
-from service.sale.order_jobs import order_queue, parse_entry
+from db.orders import apply_orders, record_failures
+from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
+from service.sale.order_jobs import order_queue, parse_entry, queue_drain
 from service.sale.stock_gate import seed, set_gate
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state, status_counts
@@ -25,11 +25,20 @@ def _flag(redis) -> str | None:
     return flag.decode() if flag is not None else None
 
 
-def _commit_head(engine, redis, count: int) -> list[str]:
-    """What a drain does before it settles: read the head of the list, commit its rows."""
+def _commit_head(engine, redis, count: int) -> list[tuple[str, int]]:
+    """What a drain does before it settles: read the head of the list, commit its rows; the
+    settlement of the batch (each order's id, no units to give back: none failed)."""
     batch = [parse_entry(1, raw).order for raw in redis.lrange(pending_key(1), 0, count - 1)]
     apply_orders(engine, batch)
-    return [str(order.order_id) for order in batch]
+    return [(str(order.order_id), 0) for order in batch]
+
+
+def _fail_head(engine, redis, count: int) -> list[tuple[str, int]]:
+    """What a draining job that gave up does before it settles: its batch rejected as failed;
+    the settlement gives each order's units back."""
+    batch = [parse_entry(1, raw).order for raw in redis.lrange(pending_key(1), 0, count - 1)]
+    record_failures(engine, batch)
+    return [(str(order.order_id), order.quantity) for order in batch]
 
 
 def test_an_order_admitted_before_the_drain_ends_is_seen_by_that_drain(settings, redis, fresh_db, worker_env):
@@ -77,7 +86,8 @@ def test_a_job_the_flag_does_not_name_touches_nothing(settings, redis, fresh_db,
     batch = _commit_head(fresh_db, redis, 3)
     assert jobs.settle(1, "drain-1-stale", batch) == (-1, 3)
     assert redis.llen(pending_key(1)) == 3 and redis.zcard(ADMITTED_KEY) == 3 and _flag(redis)
-    assert jobs.settle(1, _flag(redis), order_ids[1:]) == (0, 3), "only the entries at the head, in order"
+    later = [(order_id, 0) for order_id in order_ids[1:]]
+    assert jobs.settle(1, _flag(redis), later) == (0, 3), "only the entries at the head, in order"
 
     stock_before, _ = product_state(fresh_db)
     _work(redis)
@@ -167,3 +177,55 @@ def test_the_lease_of_a_drain_whose_worker_died_lapses_and_the_next_order_queues
     assert set(order_rows(fresh_db)) == {*first, late}
     assert product_state(fresh_db)[0] == stock_before - 2, "the committed batch counted once"
     assert not redis.exists(pending_key(1), drain_flag_key(1)) and redis.zcard(ADMITTED_KEY) == 0
+
+
+def _gate(redis) -> int:
+    return int(redis.get(gate_key(1)))
+
+
+def _gave_up_and_stalled(settings, redis, fresh_db, orders: int) -> tuple[str, list[tuple[str, int]]]:
+    """A draining job that gave up: it claimed the product, rejected its batch as failed, and
+    stalled past its lease before settling. Its id and the settlement it will send late."""
+    admit_orders(settings, orders)
+    gave_up = _flag(redis)
+    redis.lpop(order_queue(redis).key)  # a worker took it
+    assert jobs.settle(1, gave_up, []) == (0, orders)
+    settlement = _fail_head(fresh_db, redis, orders)
+    redis.delete(drain_flag_key(1))  # the stall: its lease lapsed
+    return gave_up, settlement
+
+
+def test_failed_units_come_back_once_when_the_job_that_failed_them_settles_after_another(
+    settings, redis, fresh_db, worker_env
+):
+    """Another drain finds the failed orders decided and settles them: their units come back
+    with their entries, there; the first job's late settle gives back nothing (it once gave them
+    a second time: a gate above the stock, over-admission)."""
+    worker_env()
+    set_gate(redis, 1, 10)
+    gave_up, settlement = _gave_up_and_stalled(settings, redis, fresh_db, 2)
+    queue_drain(redis, 1, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, None)
+    _work(redis)
+    assert _gate(redis) == 10, "the failed orders' units back in the gate"
+    assert product_state(fresh_db)[0] == 100, "the failed orders took no stock"
+    assert jobs.settle(1, gave_up, settlement) == (0, 0)
+    assert _gate(redis) == 10, "given back once"
+
+
+def test_failed_units_are_not_lost_when_a_new_drain_owns_the_product_before_the_late_settle(
+    settings, redis, fresh_db, worker_env
+):
+    """A buyer's admission queues a new drain before the job that failed two orders settles:
+    the new drain settles them and gives their units back; the late settle is refused (it
+    once dropped its give-back there: units never sold)."""
+    worker_env()
+    set_gate(redis, 1, 10)
+    gave_up, settlement = _gave_up_and_stalled(settings, redis, fresh_db, 2)
+    admit_orders(settings, 1, first_client=2)
+    owner = _flag(redis)
+    assert owner not in (None, gave_up)
+    assert jobs.settle(1, gave_up, settlement) == (-1, 3), "not its product any more"
+    _work(redis)
+    assert status_counts(fresh_db) == {("rejected", "failed"): 2, ("confirmed", None): 1}
+    assert _gate(redis) == 9, "ten, less the three admitted, plus the two failed"
+    assert product_state(fresh_db)[0] == 99

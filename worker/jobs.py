@@ -18,6 +18,7 @@ import threading
 import time
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 from opentelemetry.trace import Link, SpanKind, use_span
 from redis import Redis
@@ -78,14 +79,36 @@ def _read(product_id: int, count: int) -> tuple[str | None, list[bytes]]:
     return (owner.decode() if owner is not None else None), head
 
 
-def settle(product_id: int, job_id: str, order_ids: list[str], units_back: int = 0) -> tuple[int, int]:
-    """lua/settle.lua: (orders taken off the list, or -1 when another job owns the product;
-    entries left, 0 when the drain ended). With no ids: claim the product (or renew the lease)."""
+def settle(product_id: int, job_id: str, orders: list[tuple[str, int]]) -> tuple[int, int]:
+    """lua/settle.lua, for ``orders`` as (id, units to give back if this call takes the order off
+    the list): (orders taken off, or -1 when another job owns the product; entries left, 0 when
+    the drain ended). With no orders: claim the product (or renew the lease)."""
     keys = [pending_key(product_id), ADMITTED_KEY, drain_flag_key(product_id), gate_key(product_id)]
-    settled, left = _settle_script()(keys=keys, args=[job_id, units_back, DRAIN_LEASE_MS, *order_ids])
-    if units_back and settled > 0:
+    args = [job_id, DRAIN_LEASE_MS, *(part for order in orders for part in order)]
+    settled, left, given_back = _settle_script()(keys=keys, args=args)
+    if given_back:
         _redis().publish(GATE_CHANNEL, product_id)  # units came back: clear sold-out latches
     return int(settled), int(left)
+
+
+def _settlement(batch: list[PendingOrder], outcomes: dict[UUID, Outcome]) -> list[tuple[str, int]]:
+    """What settling ``batch`` gives back: the units of every order rejected as failed, decided
+    by this run or an earlier one (a run whose settle never came): the entry's removal, done
+    once by whichever job settles it, is what gives them back exactly once."""
+    return [
+        (
+            str(pending.order.order_id),
+            pending.order.quantity if _rejected_as_failed(outcomes.get(pending.order.order_id)) else 0,
+        )
+        for pending in batch
+    ]
+
+
+def _rejected_as_failed(outcome: Outcome | None) -> bool:
+    return outcome is not None and (outcome.status, outcome.reason) == (
+        OrderStatus.REJECTED,
+        RejectReason.FAILED,
+    )
 
 
 def _facts(pending: PendingOrder, outcome: Outcome | None) -> dict:
@@ -191,7 +214,7 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
             observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
             decided += sum(1 for outcome in outcomes.values() if outcome.applied_now)
             batches += 1
-        settled, left = settle(product_id, job_id, [str(p.order.order_id) for p in batch])
+        settled, left = settle(product_id, job_id, _settlement(batch, outcomes) if batch else [])
         if (
             settled >= 0
             and left > 0
@@ -250,26 +273,21 @@ def drain_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, tra
         return
     batch = [parse_entry(product_id, raw) for raw in head]
     facts = {"product_id": product_id, "orders": len(batch), "error": repr(exc_value)}
-    try:
-        outcomes = record_failures(engine(), [pending.order for pending in batch])
-    except SQLAlchemyError as exc:
-        _hold_flag(connection, product_id, job.id, None, claim=True)  # a dead letter keeps the product
-        log.error(
-            "draining job gave up; its orders wait, undecided, for PostgreSQL",
-            extra=facts | {"cause": repr(exc)},
-        )
-        return
-    log.error("draining job gave up; its batch is rejected as failed", extra=facts)
-    observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
-    units_back = sum(
-        p.order.quantity
-        for p in batch
-        if (outcome := outcomes[p.order.order_id]).applied_now
-        and (outcome.status, outcome.reason) == (OrderStatus.REJECTED, RejectReason.FAILED)
-    )
-    # One step: the reconciler counts the units as held until the orders leave the list, so
-    # they must be back in the gate by then, not a moment later.
-    settled, left = settle(product_id, job.id, [str(p.order.order_id) for p in batch], units_back)
+    with _Lease(product_id, job.id):  # however long PostgreSQL takes, the product stays this job's
+        try:
+            outcomes = record_failures(engine(), [pending.order for pending in batch])
+        except SQLAlchemyError as exc:
+            _hold_flag(connection, product_id, job.id, None, claim=True)  # a dead letter keeps the product
+            log.error(
+                "draining job gave up; its orders wait, undecided, for PostgreSQL",
+                extra=facts | {"cause": repr(exc)},
+            )
+            return
+        log.error("draining job gave up; its batch is rejected as failed", extra=facts)
+        observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
+        # One step: the reconciler counts the units as held until the orders leave the list, so
+        # they come back with the entries, not a moment later (nor twice, nor never).
+        settled, left = settle(product_id, job.id, _settlement(batch, outcomes))
     if settled >= 0 and left > 0:
         queue_drain(
             connection, product_id, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, job.id
