@@ -3,13 +3,16 @@ lists, the most specific match wins, and matches no request could meet are refus
 meetable (IPv4-mapped, zones, IPv6 narrower than the counted network)."""
 
 import json
+import logging
 
 import pytest
 
 from service.core.policies import MAX_MATCHES_PER_ROUTE, PolicyError, parse_policies
+from service.core.settings import settings_from_env
 from service.limiter import overrides
 from service.limiter.identity import ClientIdentity
 from service.limiter.overrides import RouteIndex
+from service.sale.resources import open_resources
 
 LIMITS = [
     {"name": "ip", "key": "ip", "capacity": 5, "refill_per_sec": 1},
@@ -161,3 +164,24 @@ def test_a_match_named_twice_is_refused():
         _policy([_override("10.0.0.0/8", 9), _override("10.0.0.0/8", 10)])
     with pytest.raises(PolicyError, match="twice"):
         _policy(allow=["1.2.3.4", "::ffff:1.2.3.4"])
+
+
+CUSTOMER_POLICY = {
+    "buy": {"limits": [{"name": "per-customer", "key": "customer", "capacity": 3, "refill_per_sec": 0.05}]}
+}
+
+
+def test_customer_limits_without_a_customer_header_are_warned_of_at_load(settings_env, caplog):
+    env = {**settings_env, "FLASHSALE_RATE_POLICIES": json.dumps(CUSTOMER_POLICY)}
+    with caplog.at_level(logging.WARNING, logger="service.limiter.ratelimit"):
+        limiter = open_resources(settings_from_env(env)).limiter
+    (warning,) = [r for r in caplog.records if "FLASHSALE_CUSTOMER_ID_HEADER" in r.getMessage()]
+    assert warning.route == "buy" and "per-customer" in warning.names
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.limiter.ratelimit"):
+        limiter.apply(parse_policies(json.dumps({"buy": {"limits": LIMITS[:1], "allow": ["customer:ops"]}})))
+    assert any("'customer:ops'" in getattr(r, "names", "") for r in caplog.records), "on reload too"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.limiter.ratelimit"):
+        open_resources(settings_from_env({**env, "FLASHSALE_CUSTOMER_ID_HEADER": "x-customer-id"}))
+    assert not [r for r in caplog.records if "FLASHSALE_CUSTOMER_ID_HEADER" in r.getMessage()]

@@ -36,6 +36,15 @@ def watched(tmp_path, settings_env):
     return make
 
 
+def _watching(tmp_path, watched):
+    """A watched file with a policy of capacity 5, polled once."""
+    path = tmp_path / "policies.json"
+    path.write_text(_policy(5))
+    limiter, watcher = watched(path)
+    watcher.poll()
+    return path, limiter, watcher
+
+
 def _capacity(limiter):
     return limiter.policies["buy"].limits[0].capacity
 
@@ -75,10 +84,7 @@ def test_a_configmap_update_is_a_symlink_swap_and_is_applied(tmp_path, watched):
 
 
 def test_a_broken_or_missing_file_changes_nothing_logs_why_and_counts_once(tmp_path, watched, caplog):
-    path = tmp_path / "policies.json"
-    path.write_text(_policy(5))
-    limiter, watcher = watched(path)
-    watcher.poll()
+    path, limiter, watcher = _watching(tmp_path, watched)
     before, errors = limiter.active, _reload_errors()
     path.write_text(
         '{"buy": {"limits": [{"name": "per-ip", "key": "ip", "capacity": 0, "refill_per_sec": 1}]}}'
@@ -115,10 +121,7 @@ def test_a_policy_applied_clears_the_deny_cache(tmp_path, watched):
 
 
 def test_a_file_above_the_size_limit_is_refused_by_its_size_unread(tmp_path, watched, monkeypatch):
-    path = tmp_path / "policies.json"
-    path.write_text(_policy(5))
-    limiter, watcher = watched(path)
-    watcher.poll()
+    path, limiter, watcher = _watching(tmp_path, watched)
     before, errors = limiter.active, _reload_errors()
     with path.open("r+b") as file:
         file.truncate(MAX_POLICY_FILE_BYTES + 1)  # a sparse file: 1 MiB and a byte of nothing

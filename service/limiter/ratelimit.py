@@ -145,8 +145,10 @@ class Limiter:
         self._script = scripts.token_buckets
         self._refund_script = scripts.refund_buckets
         self.ipv6_prefix = settings.rate_ipv6_prefix
+        self._customer_header = settings.customer_id_header
         self.active = prepare(settings.policies, self.ipv6_prefix)
         _show_policy(None, self.active)
+        self._warn_uncounted_customers()
         self._app_clock = settings.rate_clock == "app"
         self._timeout = settings.limiter_timeout_ms / 1000
         self.breaker = CircuitBreaker(
@@ -174,7 +176,28 @@ class Limiter:
         if self.deny_cache is not None:
             self.deny_cache.clear()
         _show_policy(before, self.active)
+        self._warn_uncounted_customers()
         return self.active
+
+    def _warn_uncounted_customers(self) -> None:
+        """Without ``FLASHSALE_CUSTOMER_ID_HEADER`` no request has a customer: a ``customer`` limit
+        counts IPs, and ``customer:`` overrides and allow entries never match. Said loudly at load
+        (not refused: a running deployment must not fail to start over it)."""
+        if self._customer_header:
+            return
+        for route, policy in self.policies.items():
+            named = [f"limit {limit.name}" for limit in policy.limits if limit.key == "customer"]
+            named += [
+                f"{entry!r}"
+                for entry in [*policy.allow, *(o.match for o in policy.overrides)]
+                if entry.startswith("customer:")
+            ][:3]
+            if named:
+                log.warning(
+                    "rate policy names customers but FLASHSALE_CUSTOMER_ID_HEADER is not set: "
+                    "customer limits count client IPs, customer: matches never match",
+                    extra={"route": route, "names": ", ".join(named)},
+                )
 
     @property
     def degraded(self) -> bool:
