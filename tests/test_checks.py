@@ -16,7 +16,8 @@ def _check(env: dict[str, str], *args: str):
 
 
 def test_ready_and_demo_pass_against_a_live_api_and_fail_otherwise(system):
-    system.start_apis(1)
+    # A bucket that cannot refill between the two demos, however slowly the second starts.
+    system.start_apis(1, extra_env={"FLASHSALE_RATE_REFILL_PER_SEC": "0.01"})
     system.start_workers(1)
     assert _check(system.env, "ready", "--url", system.url).returncode == 0
     first = _check(system.env, "demo", "--url", system.url)

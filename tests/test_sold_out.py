@@ -1,9 +1,6 @@
 """Sold out is instant: each API process latches it, and a restock clears it everywhere."""
 
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -12,8 +9,8 @@ from redis import Redis
 from db.migrate import migrate
 from db.session import make_engine
 from service.cli.dev_servers import postgres_server, wait_until
-from service.core.keys import STATS_KEY_PREFIX
 from service.sale.stock_gate import seed
+from tests.support.redis_monitor import background, commands_run
 from tests.support.system import System
 
 pytestmark = pytest.mark.slow
@@ -23,32 +20,6 @@ def _buy(url, ip, **kw):
     return httpx.post(f"{url}/buy", json={}, headers={"x-forwarded-for": ip}, timeout=10, **kw)
 
 
-# What an API process sends to Redis on its own, whatever its requests: the queue gauges
-# (service/sale/queue_gauges.py, every 2 s: one MULTI of TIME, ZCARD and ZRANGE, then LLEN and
-# ZCOUNT), the flush of the answers' outcome counts (service/sale/stats.py, once a second),
-# and the handshake of any connection its pool opens (seen once in eight runs; a request's
-# own call on such a connection would still show as a command of its own).
-BACKGROUND_COMMANDS = {
-    ("HELLO", "3"),
-    ("CLIENT", "SETINFO"),
-    ("MULTI", None),
-    ("TIME", None),
-    ("EXEC", None),
-    ("ZCARD", "fs:admitted"),
-    ("ZRANGE", "fs:admitted"),
-    ("LLEN", "rq:queue:orders"),
-    ("ZCOUNT", "rq:wip:orders"),
-}
-
-
-def _background(command: str) -> bool:
-    name, *args = command.split(" ")
-    key = args[0] if args else None
-    if name.upper() in ("HINCRBY", "EXPIRE"):
-        return key.startswith(STATS_KEY_PREFIX)
-    return (name.upper(), key) in BACKGROUND_COMMANDS
-
-
 def _latch_answers(url: str) -> float:
     (line,) = [
         line
@@ -56,23 +27,6 @@ def _latch_answers(url: str) -> float:
         if line.startswith("flashsale_sold_out_latch_answers_total ")
     ]
     return float(line.split(" ")[1])
-
-
-@contextmanager
-def _commands_run(redis_url: str) -> Iterator[list[str]]:
-    """Every command Redis runs during the block, as MONITOR shows it: the block is marked in
-    MONITOR's stream by an ECHO before and after it, so nothing outside it counts."""
-    marker = f"window-{uuid.uuid4().hex}"
-    seen: list[str] = []
-    with Redis.from_url(redis_url, socket_timeout=10) as watcher, watcher.monitor() as monitor:
-        with Redis.from_url(redis_url) as marks:
-            marks.echo(f"{marker} opens")
-            yield seen
-            marks.echo(f"{marker} closes")
-        while monitor.next_command()["command"] != f"ECHO {marker} opens":
-            pass
-        while (command := monitor.next_command()["command"]) != f"ECHO {marker} closes":
-            seen.append(command)
 
 
 def test_after_a_sell_out_no_needs_neither_redis_nor_postgresql(settings_env, redis, tmp_path):
@@ -94,14 +48,14 @@ def test_after_a_sell_out_no_needs_neither_redis_nor_postgresql(settings_env, re
         assert _buy(url, "203.0.113.4").status_code == 409
         answered_from_the_latch = _latch_answers(url)
         # Redis still answers, but is not asked: of every command it runs meanwhile, none is a request's.
-        with _commands_run(system.env["FLASHSALE_REDIS_URL"]) as commands:
+        with commands_run(system.env["FLASHSALE_REDIS_URL"]) as commands:
             for i in range(10):
                 response = _buy(url, f"198.51.100.{i}")
                 assert response.status_code == 409
                 assert response.json()["type"] == "urn:flashsale:problem:sold-out"
             limited = _buy(url, "203.0.113.1")
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
-        assert [command for command in commands if not _background(command)] == []
+        assert [command for command in commands if not background(command)] == []
         assert "flashsale_sold_out_latched 1.0" in httpx.get(f"{url}/metrics", timeout=5).text
         assert _latch_answers(url) == answered_from_the_latch + 10
     finally:
