@@ -196,6 +196,12 @@ def test_orders_dead_lettered_while_postgresql_is_down_wait_queued_and_are_confi
             assert reconcile(redis, engine) == [] and _gate(redis) == 7, "held units are not handed out"
             assert registry.count == 1, "reconciled while the dead letter still waited for the sweep"
             views = wait_all_terminal(system.url, order_ids, timeout=60)
+            # The watch polls on its own: the block ends once it has seen each decision too.
+            wait_until(
+                lambda: all(watch.answers[order_id][-1:] != ["queued"] for order_id in order_ids),
+                10,
+                "the watch to see every order decided",
+            )
         assert {view["status"] for view in views.values()} == {"confirmed"}
         for order_id in order_ids:
             answers = watch.answers[order_id]
