@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, any_, bindparam, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Engine, text, update
 from sqlmodel import Session, select
 
 from db.models import Order, OrderStatus, Product, RejectReason
@@ -23,7 +22,9 @@ BACKOFF_CAP_SECONDS = 0.05
 class AdmittedOrder:
     """What the API promised: the job's payload."""
 
-    order_id: uuid.UUID
+    order_id: uuid.UUID | str
+    """A UUID, or its text as the pending entry holds it (the drain never parses it: the
+    database casts the text, and outcomes are keyed by whichever the caller gave)."""
     product_id: int
     quantity: int
     client_id: str
@@ -52,7 +53,7 @@ def apply_order(engine: Engine, order: AdmittedOrder, sleep: Callable[[float], N
 
 def apply_orders(
     engine: Engine, orders: list[AdmittedOrder], sleep: Callable[[float], None] = time.sleep
-) -> dict[uuid.UUID, Outcome]:
+) -> dict[uuid.UUID | str, Outcome]:
     """Confirm or reject orders of one product, each exactly once, in one transaction.
 
     Read stock and version, give units to the undecided orders first come first served, write
@@ -60,17 +61,20 @@ def apply_orders(
     version = <seen>``. Zero rows updated means another worker changed the product first:
     read it again; while the new stock gives every order the same answer, the rows stand and
     only the update is tried again with the new version; otherwise start over after a jittered
-    backoff. Order ids are primary keys, so an order decided by another run is found, never
-    bought twice. The rows go in before the update so that the product's row is locked only
-    from the update to the commit: batches of one hot product write their rows side by side.
+    backoff. Order ids are primary keys, so an order decided by another run is found (its row
+    is not written again; its decision is read back), never bought twice: a batch costs no
+    separate look-up of decided orders, which are rare (a run that died after its commit).
+    The rows go in before the update so that the product's row is locked only from the update
+    to the commit: batches of one hot product write their rows side by side.
     """
     conflicts = 0
+    decided: dict[uuid.UUID | str, Outcome] = {}
     while True:
         with Session(engine) as session:
-            decided = _decided(session, [o.order_id for o in orders], conflicts)
             # A total order: batches that overlap write their shared rows in one order (no deadlock).
             todo = sorted(
-                (o for o in orders if o.order_id not in decided), key=lambda o: (o.admitted_at, o.order_id)
+                (o for o in orders if o.order_id not in decided),
+                key=lambda o: (o.admitted_at, str(o.order_id)),
             )
             if not todo:
                 return decided
@@ -78,60 +82,71 @@ def apply_orders(
             row = _stock_and_version(session, product_id)
             verdicts = _verdicts(todo, row)
             written = _write_rows(session, verdicts)
-            if len(written) < len(todo):  # another run decided some of these meanwhile: theirs stand
-                decided |= _decided(
-                    session, [o.order_id for o in todo if o.order_id not in written], conflicts
-                )
-                todo = [o for o in todo if o.order_id in written]
-                verdicts = [verdict for verdict in verdicts if verdict[0].order_id in written]
+            if len(written) < len(todo):  # another run decided some, before or meanwhile: theirs stand
+                decided |= _decided(session, [o for o in todo if str(o.order_id) not in written], conflicts)
+                todo = [o for o in todo if str(o.order_id) in written]
+                verdicts = [verdict for verdict in verdicts if str(verdict[0].order_id) in written]
             while _verdicts(todo, row) == verdicts:
                 if _take_stock(session, product_id, row, verdicts):
                     session.commit()
-                    applied = {
-                        o.order_id: Outcome(st, rs, conflicts, applied_now=True) for o, st, rs in verdicts
-                    }
-                    return decided | applied
+                    return decided | _applied(verdicts, conflicts)
                 conflicts += 1
                 row = _stock_and_version(session, product_id)
             session.rollback()  # the stock no longer gives these answers: decide again
             sleep(backoff_seconds(conflicts))
 
 
-ORDER_IDS = postgresql.ARRAY(postgresql.UUID(as_uuid=True))
-DECIDED_AMONG = select(Order.id, Order.status, Order.reason).where(
-    Order.id == any_(bindparam("ids", type_=ORDER_IDS))
+def _applied(verdicts: list, conflicts: int) -> dict[uuid.UUID | str, Outcome]:
+    """The outcomes of a committed batch: one (frozen) Outcome per kind of verdict, shared."""
+    kinds: dict[tuple[str, str | None], Outcome] = {}
+    return {
+        order.order_id: kinds.get((status, reason))
+        or kinds.setdefault((status, reason), Outcome(status, reason, conflicts, applied_now=True))
+        for order, status, reason in verdicts
+    }
+
+
+DECIDED_AMONG = text(
+    "SELECT CAST(id AS text) AS id, status, reason FROM orders WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
-"""Core, one array parameter: no ORM objects, and the statement is the same for any batch size."""
+"""One array parameter, ids as text: no ORM objects, no UUID objects, and the statement is the
+same for any batch size."""
 
 
-def _decided(session: Session, order_ids: list[uuid.UUID], conflicts: int) -> dict[uuid.UUID, Outcome]:
-    """The outcomes of those of ``order_ids`` some run has already decided."""
-    rows = session.connection().execute(DECIDED_AMONG, {"ids": order_ids})
-    return {row.id: Outcome(row.status, row.reason, conflicts, applied_now=False) for row in rows}
+def _decided(session: Session, orders: list[AdmittedOrder], conflicts: int) -> dict[uuid.UUID | str, Outcome]:
+    """The outcomes of those of ``orders`` some run has already decided."""
+    rows = session.connection().execute(DECIDED_AMONG, {"ids": [str(o.order_id) for o in orders]})
+    found = {
+        order_id: Outcome(status, reason, conflicts, applied_now=False) for order_id, status, reason in rows
+    }
+    return {o.order_id: found[str(o.order_id)] for o in orders if str(o.order_id) in found}
 
 
-WRITE_NEW_ORDERS = (
-    text(
-        "INSERT INTO orders (id, product_id, client_id, quantity, status, reason, admitted_at)"
-        " SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:product_id AS integer[]),"
-        " CAST(:client_id AS varchar[]), CAST(:quantity AS integer[]), CAST(:status AS varchar[]),"
-        " CAST(:reason AS varchar[]), CAST(:admitted_at AS timestamptz[]))"
-        " ON CONFLICT (id) DO NOTHING RETURNING id"
-    )
-    .bindparams(bindparam("id", type_=ORDER_IDS))
-    .columns(id=postgresql.UUID(as_uuid=True))
+WRITE_NEW_ORDERS = text(
+    "INSERT INTO orders (id, product_id, client_id, quantity, status, reason, admitted_at)"
+    " SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:product_id AS integer[]),"
+    " CAST(:client_id AS varchar[]), CAST(:quantity AS integer[]), CAST(:status AS varchar[]),"
+    " CAST(:reason AS varchar[]), CAST(:admitted_at AS timestamptz[]))"
+    " ON CONFLICT (id) DO NOTHING RETURNING CAST(id AS text)"
 )
 """A batch's rows as one array per column: one short statement for any batch size, where a
 multi-row VALUES has seven parameters a row for the driver to render and the server to parse."""
 
 
-def _write_rows(session: Session, verdicts: list) -> set[uuid.UUID]:
-    """One INSERT; returns the ids written. A row another run wrote first is skipped (after
-    waiting for that run's commit), not an error that would undo the whole batch."""
+def _write_rows(session: Session, verdicts: list) -> set[str]:
+    """One INSERT; returns the ids written, as text. A row another run wrote first is skipped
+    (after waiting for that run's commit), not an error that would undo the whole batch."""
     if not verdicts:
         return set()
-    rows = [_order_values(o, st, rs) for o, st, rs in verdicts]
-    columns = {name: [row[name] for row in rows] for name in rows[0]}  # one array per column
+    columns = {
+        "id": [str(order.order_id) for order, _, _ in verdicts],
+        "product_id": [order.product_id for order, _, _ in verdicts],
+        "client_id": [order.client_id for order, _, _ in verdicts],
+        "quantity": [order.quantity for order, _, _ in verdicts],
+        "status": [str(status) for _, status, _ in verdicts],
+        "reason": [None if reason is None else str(reason) for _, _, reason in verdicts],
+        "admitted_at": [order.admitted_at for order, _, _ in verdicts],
+    }
     return set(session.connection().execute(WRITE_NEW_ORDERS, columns).scalars())
 
 
@@ -173,30 +188,16 @@ def record_failure(engine: Engine, order: AdmittedOrder) -> Outcome:
     return record_failures(engine, [order])[order.order_id]
 
 
-def record_failures(engine: Engine, orders: list[AdmittedOrder]) -> dict[uuid.UUID, Outcome]:
+def record_failures(engine: Engine, orders: list[AdmittedOrder]) -> dict[uuid.UUID | str, Outcome]:
     """Reject, as failed, the orders of a draining job that gave up, in one transaction; an
     order some run already decided keeps its decision (``applied_now`` False)."""
     with Session(engine) as session:
-        decided = _decided(session, [o.order_id for o in orders], 0)
-        todo = [o for o in orders if o.order_id not in decided]
-        written = _write_rows(session, [(o, OrderStatus.REJECTED, RejectReason.FAILED) for o in todo])
-        if len(written) < len(todo):  # decided by another run meanwhile: theirs stand
-            decided |= _decided(session, [o.order_id for o in todo if o.order_id not in written], 0)
+        written = _write_rows(session, [(o, OrderStatus.REJECTED, RejectReason.FAILED) for o in orders])
+        unwritten = [o for o in orders if str(o.order_id) not in written]
+        decided = _decided(session, unwritten, 0) if unwritten else {}  # decided by another run: theirs stand
         session.commit()
     failed = Outcome(OrderStatus.REJECTED, RejectReason.FAILED, 0, applied_now=True)
-    return decided | {order_id: failed for order_id in written}
-
-
-def _order_values(order: AdmittedOrder, status: str, reason: str | None) -> dict:
-    return {
-        "id": order.order_id,
-        "product_id": order.product_id,
-        "client_id": order.client_id,
-        "quantity": order.quantity,
-        "status": status,
-        "reason": reason,
-        "admitted_at": order.admitted_at,
-    }
+    return decided | {o.order_id: failed for o in orders if str(o.order_id) in written}
 
 
 def find_order(engine: Engine, order_id: uuid.UUID) -> Order | None:

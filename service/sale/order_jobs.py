@@ -106,7 +106,7 @@ def parse_entry(product_id: int, raw: bytes | str) -> PendingOrder:
     text = raw.decode() if isinstance(raw, bytes) else raw
     order_id, quantity, micros, client_id, *trace = text.split(" ")
     admitted_at = _EPOCH + timedelta(microseconds=int(micros))
-    order = AdmittedOrder(uuid.UUID(order_id), product_id, int(quantity), client_id, admitted_at)
+    order = AdmittedOrder(order_id, product_id, int(quantity), client_id, admitted_at)
     return PendingOrder(order, trace[0] if trace else None)
 
 

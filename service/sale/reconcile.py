@@ -31,7 +31,6 @@ A repair can make the sale stop early for one pass, never admit what PostgreSQL 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 
 from redis import Redis
@@ -57,12 +56,12 @@ class Repair:
 class Admitted:
     """The undecided orders, read from the pending lists, and ``fs:admitted`` to check them."""
 
-    orders: dict[uuid.UUID, tuple[int, int]]
+    orders: dict[str, tuple[int, int]]
     """order id -> (product id, quantity), from the pending entries."""
     unreadable: int
     """Admitted orders whose pending entry is gone: their product and units are unknown."""
 
-    def of_product(self, product_id: int) -> dict[uuid.UUID, int]:
+    def of_product(self, product_id: int) -> dict[str, int]:
         return {
             order_id: units for order_id, (product, units) in self.orders.items() if product == product_id
         }
@@ -79,12 +78,12 @@ def _admitted_orders(redis: Redis, product_ids: list[int]) -> Admitted:
     for product_id, entries in zip(product_ids, lists, strict=True):
         for raw in entries:
             order_id, quantity, _ = raw.split(b" ", 2)  # an entry: id, quantity, then the rest
-            orders[uuid.UUID(order_id.decode())] = (product_id, int(quantity))
-    unreadable = sum(1 for member in admitted if uuid.UUID(member.decode()) not in orders)
+            orders[order_id.decode()] = (product_id, int(quantity))
+    unreadable = sum(1 for member in admitted if member.decode() not in orders)
     return Admitted(orders, unreadable)
 
 
-def _held_units(session: Session, held: dict[uuid.UUID, int]) -> int:
+def _held_units(session: Session, held: dict[str, int]) -> int:
     """Units of these admitted orders (order id -> units) that are neither in the database's
     stock count nor back in the gate."""
     if held:
