@@ -151,6 +151,43 @@ def test_admissions_while_drains_end_and_start_again_lose_nothing(settings, redi
     assert order_queue(redis).count == 0
 
 
+def test_a_drain_whose_head_another_job_settled_meanwhile_reads_it_afresh(
+    settings, redis, fresh_db, worker_env, monkeypatch
+):
+    """The drain reads each batch behind the one in hand, before that one settles. When its
+    lease lapsed mid-batch and another job took part of the head meanwhile, the batch read
+    behind is no longer just behind it: the drain notices its settle took fewer entries than
+    it applied, reads the head again, and ends with every order decided once and nothing
+    pending (reading on at the old offset, it would go round one batch it can never settle)."""
+    worker_env(FLASHSALE_WORKER_BATCH_SIZE="2")
+    set_gate(redis, 1, 100)
+    order_ids = admit_orders(settings, 8)
+    applying = jobs.apply_orders
+    calls = 0
+
+    def stalled_on_the_second_batch(engine, orders):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            deadline = time.monotonic() + 10
+            while redis.llen(pending_key(1)) != 6:  # the first batch's settle, on the other thread
+                assert time.monotonic() < deadline, "the first batch never settled"
+                time.sleep(0.005)
+            redis.delete(drain_flag_key(1))  # the lease lapsed; another job takes the product...
+            assert jobs.settle(1, "drain-1-other", []) == (0, 6)
+            assert jobs.settle(1, "drain-1-other", _commit_head(engine, redis, 1)) == (1, 5)
+            redis.delete(drain_flag_key(1))  # ...and stalls in turn
+        assert calls < 20, "the drain goes round a batch it can never settle"
+        return applying(engine, orders)
+
+    monkeypatch.setattr(jobs, "apply_orders", stalled_on_the_second_batch)
+    stock_before, _ = product_state(fresh_db)
+    _work(redis)
+    assert set(order_rows(fresh_db)) == set(order_ids)
+    assert product_state(fresh_db)[0] == stock_before - 8, "each order counted once"
+    assert not redis.exists(pending_key(1), drain_flag_key(1)) and redis.zcard(ADMITTED_KEY) == 0
+
+
 def test_the_lease_of_a_drain_whose_worker_died_lapses_and_the_next_order_queues_a_new_one(
     settings, redis, fresh_db, worker_env
 ):

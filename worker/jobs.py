@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from typing import Any
 from uuid import UUID
@@ -202,29 +203,73 @@ class _Lease:
 
 
 def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
+    """Batches in a pipeline over two threads: while PostgreSQL applies a batch (the main
+    thread waits on its socket), a second thread settles the batch before it, counts its
+    metrics, and reads and parses the batch behind it. Settles stay in order (one thread,
+    first in first out), each after its batch's commit, and each batch is read after the
+    settle before it."""
     settings = get_settings()
+    size = settings.worker_batch_size
     began = time.monotonic()
     decided = batches = 0
     settled, left = settle(product_id, job_id, [])  # claim the product: its flag, on a lease
-    while settled >= 0 and left > 0:
-        head = _redis().lrange(pending_key(product_id), 0, settings.worker_batch_size - 1)
-        batch = [parse_entry(product_id, raw) for raw in head]
-        if batch:
-            outcomes = _apply_batch(batch, attempt)
-            observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
-            decided += sum(1 for outcome in outcomes.values() if outcome.applied_now)
-            batches += 1
-        settled, left = settle(product_id, job_id, _settlement(batch, outcomes) if batch else [])
-        if (
-            settled >= 0
-            and left > 0
-            and (STOPPING.is_set() or time.monotonic() - began > settings.job_timeout_seconds / 2)
-        ):
-            successor = queue_drain(
-                _redis(), product_id, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, job_id
-            )
-            return {"decided": decided, "batches": batches, "ended": "handed_off", "successor": successor}
+    if settled < 0 or left == 0:
+        return {"decided": 0, "batches": 0, "ended": "not_owner" if settled < 0 else "empty"}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drain-settle") as side:
+        upcoming = side.submit(_read_batch, product_id, 0, size)
+        in_flight: tuple[Future, int] | None = None  # the settle of the batch before, and its size
+        while True:
+            batch = upcoming.result()
+            if batch:
+                upcoming = side.submit(_read_batch, product_id, len(batch), size)  # the batch behind
+                outcomes = _apply_batch(batch, attempt)
+                decided += sum(1 for outcome in outcomes.values() if outcome.applied_now)
+                batches += 1
+            moved = False
+            if in_flight is not None:
+                settled, left = in_flight[0].result()
+                moved = 0 <= settled < in_flight[1]  # another job took entries off the head meanwhile
+                in_flight = None
+            elif not batch:
+                settled, left = settle(product_id, job_id, [])  # renew the lease, or end the drain
+            if settled < 0 or (not batch and left == 0):
+                break  # another job owns the product, or the list is empty and the drain ended
+            if not batch:  # entries came after the last read
+                upcoming = side.submit(_read_batch, product_id, 0, size)
+                continue
+            in_flight = (side.submit(_settle_batch, product_id, job_id, batch, outcomes), len(batch))
+            if moved:  # then the batch read behind this one may not be: read the head afresh
+                upcoming = side.submit(_read_batch, product_id, 0, size)
+            if STOPPING.is_set() or time.monotonic() - began > settings.job_timeout_seconds / 2:
+                settled, left = in_flight[0].result()
+                if settled >= 0 and left > 0:
+                    successor = queue_drain(
+                        _redis(),
+                        product_id,
+                        settings.job_timeout_seconds,
+                        settings.job_retry_backoff_seconds,
+                        job_id,
+                    )
+                    return {
+                        "decided": decided,
+                        "batches": batches,
+                        "ended": "handed_off",
+                        "successor": successor,
+                    }
+                break
     return {"decided": decided, "batches": batches, "ended": "not_owner" if settled < 0 else "empty"}
+
+
+def _read_batch(product_id: int, start: int, size: int) -> list[PendingOrder]:
+    """The ``size`` pending entries from ``start`` on, parsed."""
+    head = _redis().lrange(pending_key(product_id), start, start + size - 1)
+    return [parse_entry(product_id, raw) for raw in head]
+
+
+def _settle_batch(product_id: int, job_id: str, batch: list[PendingOrder], outcomes: dict) -> tuple[int, int]:
+    """After the batch's commit: count it, then take it off the list (``settle``'s answer)."""
+    observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
+    return settle(product_id, job_id, _settlement(batch, outcomes))
 
 
 def _hold_flag(redis: Redis, product_id: int, job_id: str, lease_ms: int | None, claim: bool) -> bool:

@@ -110,7 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds between a worker's sweeps for jobs abandoned by dead workers."""
     reconcile_interval_seconds: int = 30
     """Seconds between reconciler passes over the stock gates (one worker at a time)."""
-    worker_batch_size: int = 256
+    worker_batch_size: int = 1024
     """Most orders of one product a worker applies in one transaction."""
     worker_metrics_port: int | None = None
     """Where a worker serves its Prometheus /metrics; unset, it serves none."""
