@@ -1,18 +1,25 @@
-"""The mixed drop: a sale of 5,000 units met by 200,000 requests from 20,000 clients.
+"""The mixed drop: a sale of 5,000 units met by 200,000 requests from 20,000 clients, and a
+drop of 100,000 units on the chart's default Redis.
 
     python -m bench.drop                 # part of `make bench`
-    python -m bench.drop --requests 50000 --stock 2000
+    python -m bench.drop --requests 50000 --stock 2000 --big-stock 0
 
 Twice: with Redis's AOF synced every second, then on every write (``appendfsync`` everysec,
 then always), each on a fresh running_system (two API processes, two workers, throwaway Redis
-and PostgreSQL with fsync on). wrk (``-t2 -c64``) sends ``--requests`` ``POST /buy {}`` spread
-over ``--clients`` addresses, while a probe buyer (20 requests/s, a new address each) times
-single requests: latency over time. Afterwards it waits until every 202 is decided in
-PostgreSQL. Throughput by outcome per second comes from the API's own per-second counts
-(``fs:stats:<second>``, what the dashboard shows). It prints each of TARGETS with what was
-measured (exactly ``--stock`` confirmed, an order for every 202 and none without one, every
-order terminal within 5 s of the last request, p99, no 5xx), saves the figures with a PNG
-plot per run, and exits 1 when a target is missed.
+and PostgreSQL with fsync on). Then once more as the chart runs Redis (issue 17): AOF always,
+``noeviction`` and the maxmemory the chart's default values give (``chart_redis_maxmemory_mb``,
+which tests/test_chart.py holds to what the chart renders), with ``--big-stock`` units
+(100,000) met by three requests per unit from 200,000 clients.
+
+In each, wrk (``-t2 -c64``) sends the requests (``--requests`` ``POST /buy {}`` spread over
+``--clients`` addresses in the first two), while a probe buyer (20 requests/s, a new address
+each) times single requests: latency over time. Afterwards it waits until every 202 is
+decided in PostgreSQL. Throughput by outcome per second comes from the API's own per-second
+counts (``fs:stats:<second>``, what the dashboard shows). It prints each of TARGETS with what
+was measured (exactly the stock confirmed, an order for every 202 and none without one, every
+order terminal within 5 s of the last request, p99, no 5xx: the chart's Redis refusing a
+write is a 503), saves the figures with a PNG plot per run, and exits 1 when a target is
+missed.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+import yaml
 from sqlalchemy import text
 
 from bench.saved import shown
@@ -34,6 +43,8 @@ from service.core.keys import ADMITTED_KEY, stats_key
 from service.sale.stats import OUTCOMES
 
 PROBE_PER_SECOND = 20
+CHART_VALUES = Path(__file__).resolve().parent.parent / "charts" / "flashsale" / "values.yaml"
+BIG_DROP_CLIENTS = 200_000
 DECIDED_WITHIN_SECONDS = 120
 """How long to wait for the last order before judging what is left undecided."""
 
@@ -81,6 +92,13 @@ def _orders(system: BenchSystem) -> dict[str, int]:
     with system.engine.connect() as connection:
         rows = connection.execute(text("SELECT status, count(*) FROM orders GROUP BY status")).all()
     return {status: count for status, count in rows}
+
+
+def chart_redis_maxmemory_mb(values: Path = CHART_VALUES) -> int:
+    """The in-chart Redis's maxmemory with the chart's default values, as its template derives
+    it: redis.capacity's orders x bytes per order, plus its base."""
+    capacity = yaml.safe_load(values.read_text())["redis"]["capacity"]
+    return capacity["baseMiB"] + capacity["orders"] * capacity["bytesPerOrder"] // 2**20
 
 
 def run_drop(system: BenchSystem, requests: int, clients: int) -> dict:
@@ -140,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--big-stock", type=int, default=100_000, help="units of the drop on the chart's Redis (0: skip it)"
+    )
     add_options(parser)
     args = parser.parse_args(argv)
     from bench.plots import plot_drop  # matplotlib: the bench extra, not needed by the tests
@@ -148,12 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for appendfsync in APPENDFSYNC:
         with running_system(workers=args.workers, stock=args.stock, appendfsync=appendfsync) as system:
-            runs.append(run_drop(system, args.requests, args.clients))
+            runs.append({"name": appendfsync, **run_drop(system, args.requests, args.clients)})
         judge(runs[-1], args.stock, verdict)
-    exit_code = verdict.finish({"stock": args.stock, "runs": runs}, args.publish)
+    if args.big_stock:
+        chart_redis = ("--maxmemory", f"{chart_redis_maxmemory_mb()}mb")
+        with running_system(args.workers, "always", args.big_stock, redis_options=chart_redis) as system:
+            runs.append({"name": "chart-redis", **run_drop(system, 3 * args.big_stock, BIG_DROP_CLIENTS)})
+        judge(runs[-1], args.big_stock, verdict)
+    figures = {"stock": args.stock, "big_stock": args.big_stock, "runs": runs}
+    exit_code = verdict.finish(figures, args.publish)
     for saved in verdict.saved:
         for run in runs:
-            plot = saved.with_name(f"{saved.stem}-{run['durability']['redis']['appendfsync']}.png")
+            plot = saved.with_name(f"{saved.stem}-{run['name']}.png")
             plot_drop(run, plot)
             print(f"written: {shown(plot)}")
     return exit_code

@@ -11,7 +11,11 @@ before, divided by the orders admitted, is the bytes per queued order. Then two 
 decide them all, and a minute later the same difference divided by the same orders is the
 bytes per decided order (what a decided order leaves behind: nothing but the idempotency
 record and per-customer count, which this load does not write), and no RQ job hash may be
-left.
+left. Then RECORD_ORDERS more orders, admitted in-process through the production admission
+with an Idempotency-Key and a customer id under a per-customer limit, and decided: what each
+keeps (its idempotency record for 24 h, its customer's count for 30 days) is the **bytes
+kept per order with both records**; with the bytes per queued order, the most an order holds
+(the chart's ``redis.capacity.bytesPerOrder`` must cover it: tests/test_chart.py).
 
 On a running_system (two API processes, two workers; Redis's AOF synced every second, so
 that RQ's bookkeeping keeps up with the sales; PostgreSQL with fsync on), every minute the
@@ -28,6 +32,7 @@ TARGETS with what was measured, saves the figures, and exits 1 when a target is 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import threading
@@ -41,14 +46,20 @@ from bench.system import ADMIN_TOKEN, BenchSystem, run_with, running_system
 from bench.verdict import AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
 from service.cli.dev_servers import wait_until
-from service.core.keys import ADMITTED_KEY, pending_key
+from service.core.keys import ADMITTED_KEY, pending_key, sale_key
+from service.core.settings import settings_from_env
+from service.limiter.identity import ClientIdentity
+from service.sale.admission import Decision, admit
 from service.sale.order_jobs import order_queue
+from service.sale.resources import close_resources, open_resources
 
 RESTOCK_UNITS = 5_000
 SAMPLE_EVERY_SECONDS = 5
 KEY_SAMPLE = 500
 BUCKET_PROBES = 50
 QUEUED_ORDERS = 20_000
+RECORD_ORDERS = 10_000
+ADMIT_CONCURRENCY = 256
 DECIDED_WAIT_SECONDS = 60
 
 TARGETS = (
@@ -56,6 +67,13 @@ TARGETS = (
     Target("queued_bytes", "Redis bytes per queued order", AT_MOST, 400, "#17"),
     Target("decided_bytes", "Redis bytes per decided order, a minute after", AT_MOST, 50, "#17"),
     Target("jobs_left", "RQ job hashes left once every order is decided", EXACTLY, 0, "#17"),
+    Target(
+        "kept_bytes",
+        "Redis bytes kept per decided order with an Idempotency-Key and a per-customer limit",
+        None,
+        source="#17",
+    ),
+    Target("peak_bytes", "Redis bytes per order at most: queued, with both records", None, source="#17"),
     Target("without_ttl", "bucket keys without a TTL", EXACTLY, 0, "#7"),
     Target("buckets_left", "idle buckets left once their TTL passed", EXACTLY, 0, "#7"),
     Target("replaced", "API processes replaced during the run (RSS flat cannot be judged)", EXACTLY, 0, "#7"),
@@ -168,8 +186,42 @@ def measure_queue(system: BenchSystem, orders: int = QUEUED_ORDERS, workers: int
     }
 
 
+async def _admit_with_records(system: BenchSystem, orders: int) -> None:
+    """``orders`` orders admitted as the API admits them, each with an Idempotency-Key and a
+    customer id of its own."""
+    resources = open_resources(settings_from_env(system.env))
+
+    async def one(i: int) -> None:
+        client = ClientIdentity(f"172.20.{i // 256 % 256}.{i % 256}", f"customer-{i}", {}, "x-api-key")
+        admission = await admit(resources, client, None, 1, 1, f"key-{i}")
+        assert admission.decision is Decision.ADMITTED, admission
+
+    try:
+        for start in range(0, orders, ADMIT_CONCURRENCY):
+            await asyncio.gather(*(one(i) for i in range(start, min(start + ADMIT_CONCURRENCY, orders))))
+    finally:
+        await close_resources(resources)
+
+
+def measure_records(system: BenchSystem, orders: int = RECORD_ORDERS) -> dict:
+    """Bytes kept per decided order with both of an order's records (the workers run)."""
+    restock(system, orders)
+    system.redis.hset(sale_key(1), "per_customer", 1)  # what PUT /admin/products/1 would publish
+    before = _used_memory(system.redis)
+    asyncio.run(_admit_with_records(system, orders))
+    wait_until(lambda: _all_decided(system), 600, "every order with records decided", interval=0.2)
+    kept = _used_memory(system.redis)
+    system.redis.hset(sale_key(1), "per_customer", 0)
+    return {
+        "orders": orders,
+        "used_memory": {"before": before, "decided": kept},
+        "kept_bytes": round((kept - before) / orders),
+    }
+
+
 def run_memory(system: BenchSystem, minutes: int) -> dict:
     queue_figures = measure_queue(system)
+    record_figures = measure_records(system)
     samples: list = []
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(system, stop, samples))
@@ -194,6 +246,7 @@ def run_memory(system: BenchSystem, minutes: int) -> dict:
         "durability": system.durability(),
         "minutes": minutes,
         "queue": queue_figures,
+        "records": record_figures,
         "statuses": statuses,
         "rss": samples,
         "buckets": buckets,
@@ -231,6 +284,11 @@ def judge(result: dict, verdict: Verdict) -> None:
     detail = f"{DECIDED_WAIT_SECONDS} s after two workers decided them in {q['drained_seconds']} s"
     verdict.check("decided_bytes", q["decided_bytes"], where, detail)
     verdict.check("jobs_left", q["jobs_left"], where, f"pending orders left: {result['pending_left']}")
+    kept = result["records"]["kept_bytes"]
+    verdict.check(
+        "kept_bytes", kept, where, f"{result['records']['orders']:,} orders, records kept 24 h / 30 days"
+    )
+    verdict.check("peak_bytes", q["queued_bytes"] + kept, where, f"{q['queued_bytes']} queued + {kept} kept")
     verdict.check("without_ttl", b["without_ttl"], where, f"of up to {KEY_SAMPLE}")
     idle, left = result["buckets_left_after_idle_seconds"]
     verdict.check("buckets_left", left, where, f"{idle} s after the load")

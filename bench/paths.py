@@ -11,8 +11,16 @@ times over; the median of the three rounds is reported:
 
   limited    POST /buy from one client already over its limit (429, from the deny cache)
   sold_out   POST /buy with the gate at zero, 20,000 clients (409, from the latch)
+  not_open   POST /buy before the sale opens, 20,000 clients (409 sale-not-open): the flood
+             before a drop (reported, no target)
   admit      POST /buy with stock to spare, 200,000 clients (202, one admit.lua call each),
              with Redis's appendfsync everysec, then always (the same processes)
+
+For the capacity model (docs/performance.md) each measurement also records, per request, the
+CPU time of the API processes, of Redis and of wrk (from /proc, INFO cpu and this process's
+children) and Redis's commands (INFO commandstats, less the bench's own INFO calls); the
+model's req/s for the machine, its cores over the three CPU times, is reported against the
+measured req/s.
 
 The 429 and 409 paths write nothing to Redis, so only the admit path is measured under both
 fsync policies. Clients get SLOW_BUCKETS: the limited client is never admitted again and no
@@ -24,11 +32,15 @@ of TARGETS with what was measured, saves the figures, and exits 1 when a target 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
+import time
 
 from bench.system import SLOW_BUCKETS, BenchSystem, run_with, running_system, spend_bucket
 from bench.verdict import AT_LEAST, AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
+from service.core.keys import sale_key
 from service.sale.stock_gate import set_gate
 
 CONNECTIONS, THREADS = 64, 2
@@ -42,14 +54,69 @@ TARGETS = (
     Target("sold_out.ratio", "sold-out path, 20,000 clients: req/s ÷ floor", AT_LEAST, 0.8, "#7"),
     Target("sold_out.p99", "sold-out path: p99 ms", AT_MOST, 20, "#7"),
     Target("sold_out.other", "sold-out path: answers other than 409, socket errors", EXACTLY, 0, "#15"),
+    Target("not_open.ratio", "before the sale opens, 20,000 clients: req/s ÷ floor", None, source="#17"),
+    Target("not_open.p99", "before the sale opens: p99 ms", None, source="#17"),
+    Target(
+        "not_open.other", "before the sale opens: answers other than 409, socket errors", EXACTLY, 0, "#17"
+    ),
     Target("admit.rate", "admit path, 200,000 clients, every request queued: req/s", AT_LEAST, 6_500, "#7"),
-    Target("admit.p99", "admit path: p99 ms", AT_MOST, 50, "#7"),
+    Target("admit.ratio", "admit path: req/s ÷ floor", AT_LEAST, 0.5, "#17"),
+    Target("admit.p99", "admit path: p99 ms", AT_MOST, 20, "#17"),
     Target("admit.other", "admit path: answers other than 202, socket errors", EXACTLY, 0, "#15"),
+    *(
+        Target(f"{name}.model", f"{what}: the capacity model's req/s ÷ measured", None, source="#17")
+        for name, what in (
+            ("limited", "429 path"),
+            ("sold_out", "sold-out path"),
+            ("not_open", "before the sale opens"),
+            ("admit", "admit path"),
+        )
+    ),
 )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU so far (/proc/<pid>/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def counters(system: BenchSystem) -> dict:
+    """Cumulative CPU seconds of the API processes, of Redis and of this process's finished
+    children (wrk), and the commands Redis has run (not counting the INFO calls that read it)."""
+    cpu = system.redis.info("cpu")
+    commands = system.redis.info("commandstats")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "api_cpu": sum(_cpu_seconds(pid) for pid in system.api_pids()),
+        "redis_cpu": cpu["used_cpu_user"] + cpu["used_cpu_sys"],
+        "client_cpu": children.ru_utime + children.ru_stime,
+        "redis_commands": sum(v["calls"] for k, v in commands.items() if k != "cmdstat_info"),
+        "redis_scripts": sum(commands.get(f"cmdstat_{k}", {}).get("calls", 0) for k in ("evalsha", "eval")),
+    }
+
+
+def per_request(before: dict, after: dict, requests: int) -> dict:
+    """Costs per request between two ``counters`` readings: CPU in µs; Redis script calls (the
+    API's round trips: it sends nothing else on these paths) and the commands Redis ran, those
+    the scripts call included."""
+    n = max(requests, 1)
+    cpu = {
+        f"{k}_us": round((after[k] - before[k]) * 1e6 / n, 1) for k in ("api_cpu", "redis_cpu", "client_cpu")
+    }
+    calls = {k: round((after[k] - before[k]) / n, 3) for k in ("redis_scripts", "redis_commands")}
+    return {**cpu, **calls}
+
+
+def model_rate(costs: dict, cores: int) -> int:
+    """The capacity model's req/s on this machine: its cores over the CPU a request costs."""
+    return round(cores * 1e6 / (costs["api_cpu_us"] + costs["redis_cpu_us"] + costs["client_cpu_us"]))
 
 
 def _figures(wrk: dict) -> dict:
     return {
+        "requests": wrk["requests"],
         "requests_per_second": round(wrk["requests_per_second"]),
         "p50_ms": round(wrk["p50_us"] / 1000, 1),
         "p99_ms": round(wrk["p99_us"] / 1000, 1),
@@ -64,7 +131,11 @@ def measure(system: BenchSystem, seconds: int) -> list[dict]:
     url = system.url
 
     def load(clients: int, method: str = "POST", path: str = "/buy") -> dict:
-        return _figures(run_wrk(url, seconds, CONNECTIONS, THREADS, clients, method, path))
+        before = counters(system)
+        figures = _figures(run_wrk(url, seconds, CONNECTIONS, THREADS, clients, method, path))
+        figures["per_request"] = per_request(before, counters(system), figures["requests"])
+        figures["model_requests_per_second"] = model_rate(figures["per_request"], os.cpu_count() or 1)
+        return figures
 
     def limited() -> dict:
         spend_bucket(url)
@@ -73,6 +144,14 @@ def measure(system: BenchSystem, seconds: int) -> list[dict]:
     def sold_out() -> dict:
         set_gate(system.redis, 1, 0)
         return load(clients=20_000)
+
+    def not_open() -> dict:
+        set_gate(system.redis, 1, 10**9)
+        system.redis.hset(sale_key(1), "opens_ms", int((time.time() + 3600) * 1000))
+        try:
+            return load(clients=20_000)
+        finally:
+            system.redis.hdel(sale_key(1), "opens_ms")
 
     def admit() -> dict:
         set_gate(system.redis, 1, 10**9)
@@ -86,6 +165,7 @@ def measure(system: BenchSystem, seconds: int) -> list[dict]:
     plan = (
         ("limited", limited, 429, "everysec"),
         ("sold_out", sold_out, 409, "everysec"),
+        ("not_open", not_open, 409, "everysec"),
         ("admit", admit, 202, "everysec"),
         ("admit", admit, 202, "always"),
     )
@@ -119,8 +199,7 @@ def judge(results: list[dict], verdict: Verdict) -> None:
         floor = f"floor {r['floor']['requests_per_second']:,}"
         if name == "admit":
             verdict.check("admit.rate", r["requests_per_second"], where, f"{r['ratio']:.2f} x {floor}")
-        else:
-            verdict.check(f"{name}.ratio", r["ratio"], where, f"{rate}, {floor}; rounds {rounds}")
+        verdict.check(f"{name}.ratio", r["ratio"], where, f"{rate}, {floor}; rounds {rounds}")
         verdict.check(f"{name}.p99", r["p99_ms"], where, f"p50 {r['p50_ms']:.1f} ms")
         other = {status: n for status, n in r["statuses"].items() if status != r["expected_status"]}
         answers = sum(r["statuses"].values())
@@ -129,6 +208,15 @@ def judge(results: list[dict], verdict: Verdict) -> None:
             sum(other.values()) + r["socket_errors"],
             where,
             f"of {answers:,} answers; other statuses {other or 'none'}, socket errors {r['socket_errors']}",
+        )
+        costs = r["per_request"]
+        verdict.check(
+            f"{name}.model",
+            round(r["model_requests_per_second"] / max(r["requests_per_second"], 1), 2),
+            where,
+            f"model {r['model_requests_per_second']:,} req/s; per request: API {costs['api_cpu_us']} µs,"
+            f" Redis {costs['redis_cpu_us']} µs, wrk {costs['client_cpu_us']} µs of CPU;"
+            f" {costs['redis_scripts']} Redis script calls running {costs['redis_commands']} commands",
         )
 
 

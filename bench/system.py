@@ -45,9 +45,10 @@ def spend_bucket(url: str) -> None:
 
 
 @contextmanager
-def durable_redis(appendfsync: str) -> Iterator[Server]:
-    """A throwaway redis-server with its AOF on, syncing ``appendfsync`` (one of APPENDFSYNC)."""
-    with restartable_redis(None, "--appendonly", "yes", "--appendfsync", appendfsync) as server:
+def durable_redis(appendfsync: str, *options: str) -> Iterator[Server]:
+    """A throwaway redis-server with its AOF on, syncing ``appendfsync`` (one of APPENDFSYNC);
+    ``options`` (``"--name", "value"`` pairs) come last."""
+    with restartable_redis(None, "--appendonly", "yes", "--appendfsync", appendfsync, *options) as server:
         yield server
 
 
@@ -69,6 +70,8 @@ def read_durability(redis: Redis, engine: Engine | None = None) -> dict:
             "version": redis.info("server")["redis_version"],
             **redis.config_get("appendonly"),
             **redis.config_get("appendfsync"),
+            **redis.config_get("maxmemory"),
+            **redis.config_get("maxmemory-policy"),
         }
     }
     if engine is not None:
@@ -84,6 +87,8 @@ def run_with(settings: dict) -> str:
     """``read_durability``'s answer in a few words, as the tables show it."""
     redis = settings["redis"]
     words = [f"Redis AOF {redis['appendfsync']}" if redis["appendonly"] == "yes" else "Redis, no AOF"]
+    if int(redis.get("maxmemory", 0)):
+        words[0] += f" with maxmemory {int(redis['maxmemory']) // 2**20}mb ({redis['maxmemory-policy']})"
     if "postgresql" in settings:
         postgresql = settings["postgresql"]
         words.append(f"PostgreSQL fsync {postgresql['fsync']}")
@@ -121,13 +126,19 @@ class BenchSystem:
 
 
 @contextmanager
-def running_system(workers: int, appendfsync: str, stock: int = 100, settings: dict[str, str] | None = None):
-    """Durable throwaway Redis (AOF, ``appendfsync``) and PostgreSQL, two API processes and
-    ``workers`` workers; the demo product (id 1) seeded with ``stock``. Loopback is trusted,
-    so wrk's X-Forwarded-For tells clients apart; ``settings`` (FLASHSALE_* variables) come
-    last."""
+def running_system(
+    workers: int,
+    appendfsync: str,
+    stock: int = 100,
+    settings: dict[str, str] | None = None,
+    redis_options: tuple[str, ...] = (),
+):
+    """Durable throwaway Redis (AOF, ``appendfsync``, then ``redis_options``) and PostgreSQL,
+    two API processes and ``workers`` workers; the demo product (id 1) seeded with ``stock``.
+    Loopback is trusted, so wrk's X-Forwarded-For tells clients apart; ``settings``
+    (FLASHSALE_* variables) come last."""
     with ExitStack() as stack:
-        redis_server = stack.enter_context(durable_redis(appendfsync))
+        redis_server = stack.enter_context(durable_redis(appendfsync, *redis_options))
         postgres_server = stack.enter_context(durable_postgres())
         migrate(postgres_server.url)
         engine = make_engine(postgres_server.url, pool_size=2)

@@ -75,7 +75,7 @@ async def _admit(redis_url: str, database_url: str, orders: int) -> None:
 
 
 def drain_rates(redis_url: str, database_url: str, workers: int, orders: int) -> tuple[int, int]:
-    """(confirmed orders/s, orders/s to the drain's end) for ``workers`` workers draining ``orders`` orders."""
+    """(confirmed orders/s, orders/s to the drain's end): ``workers`` workers, ``orders`` orders."""
     engine = make_engine(database_url, pool_size=1)
     redis = Redis.from_url(redis_url)
     redis.flushall()
