@@ -154,11 +154,11 @@ def test_admissions_while_drains_end_and_start_again_lose_nothing(settings, redi
 def test_a_drain_whose_head_another_job_settled_meanwhile_reads_it_afresh(
     settings, redis, fresh_db, worker_env, monkeypatch
 ):
-    """The drain reads each batch behind the one in hand, before that one settles. When its
-    lease lapsed mid-batch and another job took part of the head meanwhile, the batch read
-    behind is no longer just behind it: the drain notices its settle took fewer entries than
-    it applied, reads the head again, and ends with every order decided once and nothing
-    pending (reading on at the old offset, it would go round one batch it can never settle)."""
+    """The drain reads each batch behind the one in hand before that one settles, with the
+    last entry of the batch in hand. When the drain's lease lapsed mid-batch and another job
+    took part of the head meanwhile, that entry is not where the batch left it: the drain reads
+    the head afresh and ends with every order decided once and nothing pending. Reading on at
+    the old offset, it would go round a batch it can never settle, or skip orders."""
     worker_env(FLASHSALE_WORKER_BATCH_SIZE="2")
     set_gate(redis, 1, 100)
     order_ids = admit_orders(settings, 8)

@@ -37,7 +37,7 @@ from service.core.lua import load_scripts
 from service.core.redis_clients import sync_redis
 from service.core.settings import get_settings
 from service.core.tracing import context_from, record, trace_engine, tracer, tracing_on
-from service.sale.order_jobs import DRAIN_LEASE_MS, PendingOrder, parse_entry, queue_drain
+from service.sale.order_jobs import DRAIN_LEASE_MS, PendingOrder, entry_order_id, parse_entry, queue_drain
 from worker.metrics import JOB_RETRIES, observe_batch
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,13 @@ def settle(product_id: int, job_id: str, orders: list[tuple[str, int]]) -> tuple
     return int(settled), int(left)
 
 
-def _settlement(batch: list[PendingOrder], outcomes: dict[UUID, Outcome]) -> list[tuple[str, int]]:
+def _settlement(batch: list[PendingOrder], outcomes: dict[UUID | str, Outcome]) -> list[tuple[str, int]]:
     """What settling ``batch`` gives back: the units of every order rejected as failed, decided
     by this run or an earlier one (a run whose settle never came): the entry's removal, done
-    once by whichever job settles it, is what gives them back exactly once."""
+    once by whichever job settles it, is what gives them back exactly once. An order without a
+    decision is never taken off the list: the job fails, and its retry reads the batch again."""
+    if undecided := [p.order.order_id for p in batch if p.order.order_id not in outcomes]:
+        raise RuntimeError(f"{len(undecided)} orders of the batch have no decision, e.g. {undecided[0]}")
     return [
         (
             str(pending.order.order_id),
@@ -207,7 +210,9 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
     thread waits on its socket), a second thread settles the batch before it, counts its
     metrics, and reads and parses the batch behind it. Settles stay in order (one thread,
     first in first out), each after its batch's commit, and each batch is read after the
-    settle before it."""
+    settle before it, with one entry of overlap: the batch behind is used only if the list
+    still holds the last order of the batch in hand just before it (another job may have
+    taken part of the head while this one's lease had lapsed); else the head is read afresh."""
     settings = get_settings()
     size = settings.worker_batch_size
     began = time.monotonic()
@@ -216,32 +221,31 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
     if settled < 0 or left == 0:
         return {"decided": 0, "batches": 0, "ended": "not_owner" if settled < 0 else "empty"}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drain-settle") as side:
-        upcoming = side.submit(_read_batch, product_id, 0, size)
-        in_flight: tuple[Future, int] | None = None  # the settle of the batch before, and its size
+        upcoming = side.submit(_read_batch, product_id, size)
+        in_flight: Future | None = None  # the settle of the batch before the one in hand
         while True:
             batch = upcoming.result()
+            if batch is None:  # the head moved under the read behind: read it afresh
+                upcoming = side.submit(_read_batch, product_id, size)
+                continue
             if batch:
-                upcoming = side.submit(_read_batch, product_id, len(batch), size)  # the batch behind
+                upcoming = side.submit(_read_batch, product_id, size, batch)
                 outcomes = _apply_batch(batch, attempt)
                 decided += sum(1 for outcome in outcomes.values() if outcome.applied_now)
                 batches += 1
-            moved = False
             if in_flight is not None:
-                settled, left = in_flight[0].result()
-                moved = 0 <= settled < in_flight[1]  # another job took entries off the head meanwhile
+                settled, left = in_flight.result()
                 in_flight = None
             elif not batch:
                 settled, left = settle(product_id, job_id, [])  # renew the lease, or end the drain
             if settled < 0 or (not batch and left == 0):
                 break  # another job owns the product, or the list is empty and the drain ended
             if not batch:  # entries came after the last read
-                upcoming = side.submit(_read_batch, product_id, 0, size)
+                upcoming = side.submit(_read_batch, product_id, size)
                 continue
-            in_flight = (side.submit(_settle_batch, product_id, job_id, batch, outcomes), len(batch))
-            if moved:  # then the batch read behind this one may not be: read the head afresh
-                upcoming = side.submit(_read_batch, product_id, 0, size)
+            in_flight = side.submit(_settle_batch, product_id, job_id, batch, outcomes)
             if STOPPING.is_set() or time.monotonic() - began > settings.job_timeout_seconds / 2:
-                settled, left = in_flight[0].result()
+                settled, left = in_flight.result()
                 if settled >= 0 and left > 0:
                     successor = queue_drain(
                         _redis(),
@@ -260,10 +264,19 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
     return {"decided": decided, "batches": batches, "ended": "not_owner" if settled < 0 else "empty"}
 
 
-def _read_batch(product_id: int, start: int, size: int) -> list[PendingOrder]:
-    """The ``size`` pending entries from ``start`` on, parsed."""
-    head = _redis().lrange(pending_key(product_id), start, start + size - 1)
-    return [parse_entry(product_id, raw) for raw in head]
+def _read_batch(
+    product_id: int, size: int, behind: list[PendingOrder] | None = None
+) -> list[PendingOrder] | None:
+    """The first ``size`` pending entries, parsed; or the ``size`` behind the batch ``behind``,
+    read with its last entry, as the list is once the settle before that batch has run: None
+    when that entry is not where the batch left it (another job took part of the head)."""
+    if behind is None:
+        return [parse_entry(product_id, raw) for raw in _redis().lrange(pending_key(product_id), 0, size - 1)]
+    last = len(behind) - 1
+    raw = _redis().lrange(pending_key(product_id), last, last + size)
+    if not raw or entry_order_id(raw[0]) != str(behind[-1].order.order_id):
+        return None
+    return [parse_entry(product_id, entry) for entry in raw[1:]]
 
 
 def _settle_batch(product_id: int, job_id: str, batch: list[PendingOrder], outcomes: dict) -> tuple[int, int]:
