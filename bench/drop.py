@@ -96,9 +96,9 @@ def _orders(system: BenchSystem) -> dict[str, int]:
 
 def chart_redis_maxmemory_mb(values: Path = CHART_VALUES) -> int:
     """The in-chart Redis's maxmemory with the chart's default values, as its template derives
-    it: redis.capacity's orders x bytes per order, plus its base."""
+    it: redis.capacity's orders x bytes per order, rounded up to a whole MiB, plus its base."""
     capacity = yaml.safe_load(values.read_text())["redis"]["capacity"]
-    return capacity["baseMiB"] + capacity["orders"] * capacity["bytesPerOrder"] // 2**20
+    return capacity["baseMiB"] - (-capacity["orders"] * capacity["bytesPerOrder"] // 2**20)
 
 
 def run_drop(system: BenchSystem, requests: int, clients: int) -> dict:

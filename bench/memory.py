@@ -32,7 +32,6 @@ TARGETS with what was measured, saves the figures, and exits 1 when a target is 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import threading
@@ -42,16 +41,12 @@ import httpx
 from redis import Redis
 from rq.registry import StartedJobRegistry
 
-from bench.system import ADMIN_TOKEN, BenchSystem, run_with, running_system
+from bench.system import ADMIN_TOKEN, BenchSystem, admit_in_process, run_with, running_system
 from bench.verdict import AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
 from service.cli.dev_servers import wait_until
 from service.core.keys import ADMITTED_KEY, pending_key, sale_key
-from service.core.settings import settings_from_env
-from service.limiter.identity import ClientIdentity
-from service.sale.admission import Decision, admit
 from service.sale.order_jobs import order_queue
-from service.sale.resources import close_resources, open_resources
 
 RESTOCK_UNITS = 5_000
 SAMPLE_EVERY_SECONDS = 5
@@ -59,7 +54,6 @@ KEY_SAMPLE = 500
 BUCKET_PROBES = 50
 QUEUED_ORDERS = 20_000
 RECORD_ORDERS = 10_000
-ADMIT_CONCURRENCY = 256
 DECIDED_WAIT_SECONDS = 60
 
 TARGETS = (
@@ -186,29 +180,12 @@ def measure_queue(system: BenchSystem, orders: int = QUEUED_ORDERS, workers: int
     }
 
 
-async def _admit_with_records(system: BenchSystem, orders: int) -> None:
-    """``orders`` orders admitted as the API admits them, each with an Idempotency-Key and a
-    customer id of its own."""
-    resources = open_resources(settings_from_env(system.env))
-
-    async def one(i: int) -> None:
-        client = ClientIdentity(f"172.20.{i // 256 % 256}.{i % 256}", f"customer-{i}", {}, "x-api-key")
-        admission = await admit(resources, client, None, 1, 1, f"key-{i}")
-        assert admission.decision is Decision.ADMITTED, admission
-
-    try:
-        for start in range(0, orders, ADMIT_CONCURRENCY):
-            await asyncio.gather(*(one(i) for i in range(start, min(start + ADMIT_CONCURRENCY, orders))))
-    finally:
-        await close_resources(resources)
-
-
 def measure_records(system: BenchSystem, orders: int = RECORD_ORDERS) -> dict:
     """Bytes kept per decided order with both of an order's records (the workers run)."""
     restock(system, orders)
     system.redis.hset(sale_key(1), "per_customer", 1)  # what PUT /admin/products/1 would publish
     before = _used_memory(system.redis)
-    asyncio.run(_admit_with_records(system, orders))
+    admit_in_process(system.env, orders, with_records=True)
     wait_until(lambda: _all_decided(system), 600, "every order with records decided", interval=0.2)
     kept = _used_memory(system.redis)
     system.redis.hset(sale_key(1), "per_customer", 0)

@@ -9,11 +9,12 @@ really run with, for every table to say."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from sqlalchemy import Engine
 from db.migrate import migrate
 from db.session import make_engine
 from service.cli.dev_servers import Server, free_port, restartable_postgres, restartable_redis, wait_until
+from service.core.settings import settings_from_env
+from service.limiter.identity import ClientIdentity
+from service.sale.admission import Decision, admit
+from service.sale.resources import close_resources, open_resources
 from service.sale.stock_gate import seed
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -178,3 +183,32 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+ADMIT_CONCURRENCY = 256
+
+
+def admit_in_process(env: Mapping[str, str], orders: int, with_records: bool = False) -> None:
+    """``orders`` orders of the demo product, a unit each from a client of its own, admitted
+    through the production admission (lua/admit.lua), ADMIT_CONCURRENCY at a time, against the
+    servers ``env`` names; ``with_records``: each also with a customer id and an
+    Idempotency-Key of its own."""
+
+    async def admit_all() -> None:
+        resources = open_resources(settings_from_env(env))
+
+        async def one(i: int) -> None:
+            address = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+            customer, key = (f"customer-{i}", f"key-{i}") if with_records else (None, None)
+            admission = await admit(
+                resources, ClientIdentity(address, customer, {}, "x-api-key"), None, 1, 1, key
+            )
+            assert admission.decision is Decision.ADMITTED, admission
+
+        try:
+            for start in range(0, orders, ADMIT_CONCURRENCY):
+                await asyncio.gather(*(one(i) for i in range(start, min(start + ADMIT_CONCURRENCY, orders))))
+        finally:
+            await close_resources(resources)
+
+    asyncio.run(admit_all())

@@ -20,7 +20,6 @@ saves the figures, and exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
@@ -32,18 +31,20 @@ from rq.suspension import resume, suspend
 from rq.worker import Worker
 from sqlalchemy import text
 
-from bench.system import APPENDFSYNC, durable_postgres, durable_redis, read_durability, run_with
+from bench.system import (
+    APPENDFSYNC,
+    admit_in_process,
+    durable_postgres,
+    durable_redis,
+    read_durability,
+    run_with,
+)
 from bench.verdict import AT_LEAST, Target, Verdict, add_options
 from db.migrate import migrate
 from db.session import make_engine
 from service.core.keys import drain_flag_key, pending_key
-from service.core.settings import settings_from_env
-from service.limiter.identity import ClientIdentity
-from service.sale.admission import Decision, admit
-from service.sale.resources import close_resources, open_resources
 from service.sale.stock_gate import seed
 
-ADMIT_CONCURRENCY = 256
 WORKERS = (1, 2, 4)
 
 TARGETS = (
@@ -58,22 +59,6 @@ TARGETS = (
 )
 
 
-async def _admit(redis_url: str, database_url: str, orders: int) -> None:
-    settings = settings_from_env({"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url})
-    resources = open_resources(settings)
-
-    async def one(i: int) -> None:
-        client = ClientIdentity(f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", None, {}, "x-api-key")
-        admission = await admit(resources, client, None, 1, 1, None)
-        assert admission.decision is Decision.ADMITTED, admission
-
-    try:
-        for start in range(0, orders, ADMIT_CONCURRENCY):
-            await asyncio.gather(*(one(i) for i in range(start, min(start + ADMIT_CONCURRENCY, orders))))
-    finally:
-        await close_resources(resources)
-
-
 def drain_rates(redis_url: str, database_url: str, workers: int, orders: int) -> tuple[int, int]:
     """(confirmed orders/s, orders/s to the drain's end): ``workers`` workers, ``orders`` orders."""
     engine = make_engine(database_url, pool_size=1)
@@ -82,7 +67,7 @@ def drain_rates(redis_url: str, database_url: str, workers: int, orders: int) ->
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE orders"))
     seed(engine, redis, stock=orders * 10)
-    asyncio.run(_admit(redis_url, database_url, orders))
+    admit_in_process({"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}, orders)
     env = {
         **os.environ,
         "FLASHSALE_REDIS_URL": redis_url,

@@ -76,10 +76,18 @@ def _scenario(name, rate, ratio, p99, statuses, appendfsync="everysec", socket_e
         "statuses": statuses,
         "socket_errors": socket_errors,
         "ratio": ratio,
-        "expected_status": {"limited": 429, "sold_out": 409, "admit": 202}[name],
+        "expected_status": {"limited": 429, "sold_out": 409, "not_open": 409, "admit": 202}[name],
         "floor": {"requests_per_second": round(rate / ratio)},
         "round_ratios": [ratio, ratio, ratio],
         "durability": {"redis": {"appendonly": "yes", "appendfsync": appendfsync}},
+        "per_request": {
+            "api_cpu_us": 200.0,
+            "redis_cpu_us": 40.0,
+            "client_cpu_us": 60.0,
+            "redis_scripts": 1.0,
+            "redis_commands": 4.0,
+        },
+        "model_requests_per_second": round(rate * 1.1),
     }
 
 
@@ -95,8 +103,9 @@ def test_the_paths_count_only_their_own_status_and_hold_ratio_rate_and_p99():
         [
             _scenario("limited", 20_000, 0.85, 7.0, {429: 60_000, 202: 3}),
             _scenario("sold_out", 18_000, 0.79, 21.0, {409: 50_000}),
-            _scenario("admit", 8_000, 0.36, 15.0, {202: 24_000}, socket_errors=2),
-            _scenario("admit", 6_499, 0.3, 60.0, {202: 19_000}, appendfsync="always"),
+            _scenario("not_open", 6_000, 0.4, 45.0, {409: 20_000}),
+            _scenario("admit", 8_000, 0.5, 15.0, {202: 24_000}, socket_errors=2),
+            _scenario("admit", 6_499, 0.3, 21.0, {202: 19_000}, appendfsync="always"),
         ],
         verdict,
     )
@@ -106,9 +115,36 @@ def test_the_paths_count_only_their_own_status_and_hold_ratio_rate_and_p99():
         ("sold_out.p99", 21.0, "Redis AOF everysec"),
         ("admit.other", 2, "Redis AOF everysec"),
         ("admit.rate", 6_499, "Redis AOF always"),
-        ("admit.p99", 60.0, "Redis AOF always"),
+        ("admit.ratio", 0.3, "Redis AOF always"),
+        ("admit.p99", 21.0, "Redis AOF always"),
     ]
-    assert len(verdict.checks) == 12  # three targets per scenario and fsync policy
+    # three targets and the model's row per scenario, the admit path's rate besides
+    assert len(verdict.checks) == 5 * 4 + 2
+    model = next(c for c in verdict.checks if c["target"] == "not_open.model")
+    assert model["measured"] == 1.1 and model["met"] is None
+    assert "1.0 Redis script calls running 4.0 commands" in model["detail"]
+
+
+def test_a_request_s_costs_are_the_counters_differences_over_the_requests():
+    from bench.paths import model_rate, per_request
+
+    before = {"api_cpu": 1.0, "redis_cpu": 2.0, "client_cpu": 0.5, "redis_scripts": 10, "redis_commands": 40}
+    after = {
+        "api_cpu": 3.0,
+        "redis_cpu": 2.4,
+        "client_cpu": 1.1,
+        "redis_scripts": 10_010,
+        "redis_commands": 40_040,
+    }
+    costs = per_request(before, after, 10_000)
+    assert costs == {
+        "api_cpu_us": 200.0,
+        "redis_cpu_us": 40.0,
+        "client_cpu_us": 60.0,
+        "redis_scripts": 1.0,
+        "redis_commands": 4.0,
+    }
+    assert model_rate(costs, cores=2) == 6_667  # two cores over 300 µs a request
 
 
 def _drop(confirmed=5000, orders=None, statuses=None, terminal=0.2, p99=30.0, socket_errors=0) -> dict:
@@ -203,6 +239,7 @@ def _memory(queued_bytes=180, decided_bytes=2, jobs_left=0, without_ttl=0, left=
         "buckets": {"keys": 50, "mean_bytes": 136, "ttl_ms_max": 900, "without_ttl": without_ttl},
         "buckets_left_after_idle_seconds": [1.9, left],
         "pending_left": 0,
+        "records": {"orders": 10_000, "kept_bytes": 380},
     }
 
 
@@ -212,10 +249,13 @@ def test_memory_reports_bytes_and_holds_expiry_and_flat_api_memory():
     verdict = Verdict("memory", TARGETS)
     judge(_memory(), verdict)
     assert verdict.missed() == []
-    assert [(c["target"], c["measured"], c["met"]) for c in verdict.checks[:3]] == [
+    assert [(c["target"], c["measured"], c["met"]) for c in verdict.checks[:6]] == [
         ("bucket_bytes", 136, None),
         ("queued_bytes", 180, True),
         ("decided_bytes", 2, True),
+        ("jobs_left", 0, True),
+        ("kept_bytes", 380, None),
+        ("peak_bytes", 560, None),  # queued + kept: what the chart's bytesPerOrder must cover
     ]
     verdict = Verdict("memory", TARGETS)
     judge(

@@ -617,13 +617,13 @@ def test_redis_is_sized_for_a_drop_of_the_configured_orders():
     assert claim["spec"]["resources"]["requests"]["storage"] == f"{max(1024, 3 * maxmemory_mb)}Mi", (
         "AOF and its rewrite, at least 1Gi"
     )
-    with pytest.raises(Exception, match=r"redis\.resources\.limits\.memory 256Mi is below"):
-        objects({"redis": {"resources": {"limits": {"memory": "256Mi"}}}})
+    with pytest.raises(Exception, match=r"redis\.resources\.limits\.memory 200Mi is below"):
+        objects({"redis": {"resources": {"limits": {"memory": "200Mi"}}}})
     with pytest.raises(Exception, match="give it in Mi or Gi"):
         objects({"redis": {"resources": {"limits": {"memory": "1.5G"}}}})
     large = objects({"redis": {"capacity": {"orders": 1_000_000}}})
     conf = _by_kind(large, "ConfigMap")["flashsale-redis"]["data"]["redis.conf"]
-    assert "maxmemory 826mb" in conf, "64 MiB + 1,000,000 x 800 B"
+    assert "maxmemory 827mb" in conf, "64 MiB + 1,000,000 x 800 B, rounded up"
     with pytest.raises(Exception, match=r"redis\.maxmemory 100mb is below"):
         objects({"redis": {"maxmemory": "100mb"}})
     assert (

@@ -420,10 +420,11 @@ checksum/secrets: {{ include "flashsale.secretsDigest" . }}
 {{/* Capacity ------------------------------------------------------------------ */}}
 
 {{/* The in-chart Redis's maxmemory in MiB: redis.maxmemory ("<n>mb" or "<n>gb"), else what
-     redis.capacity needs; the chart refuses an override smaller than that. */}}
+     redis.capacity needs (its orders' bytes rounded up to a whole MiB); the chart refuses an
+     override smaller than that. */}}
 {{- define "flashsale.redisMaxmemoryMiB" -}}
 {{- $capacity := .Values.redis.capacity }}
-{{- $needed := add $capacity.baseMiB (div (mul $capacity.orders $capacity.bytesPerOrder) 1048576) }}
+{{- $needed := add $capacity.baseMiB (div (add (mul $capacity.orders $capacity.bytesPerOrder) 1048575) 1048576) }}
 {{- with .Values.redis.maxmemory }}
 {{- $number := int (regexFind "^[0-9]+" .) }}
 {{- $mib := ternary (mul $number 1024) $number (hasSuffix "gb" .) }}
