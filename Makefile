@@ -72,7 +72,7 @@ chart-readme: $(INSTALLED) ## regenerate charts/flashsale/README.md from values.
 
 # Every benchmark runs even when one misses a target, so that all are published
 # (docs/benchmarks/) and docs/performance.md's tables rendered from them; then make fails if one missed.
-bench: bench-packages $(BENCH_INSTALLED) ## every benchmark against its targets (about 25 min); publishes docs/benchmarks/ and docs/performance.md's tables
+bench: bench-packages $(BENCH_INSTALLED) ## every benchmark against its targets (about 30 min); publishes docs/benchmarks/ and docs/performance.md's tables
 	@failed=; for benchmark in paths drop workers memory limiter; do \
 	  $(BIN)/python -m bench.$$benchmark --publish || failed="$$failed $$benchmark"; done; \
 	$(BIN)/python -m bench.report; \
