@@ -100,8 +100,8 @@ redis.call('ZADD', KEYS[7], now_ms, ARGV[3])
 -- a step that finds the pending list empty and deletes the flag (settle.lua), so this entry
 -- is either seen by the running drain or finds the flag gone and queues a new one. The flag
 -- of a queued job has no TTL (RQ's list keeps the job); a running drain holds it on a lease
--- it renews at every batch (settle.lua), so the flag of a drain whose worker died lapses
--- and the next order queues a new one.
+-- its worker renews every third of it and at every batch (settle.lua), so the flag of a drain
+-- whose worker died lapses and the next order queues a new one.
 if redis.call('SET', KEYS[9], ARGV[4], 'NX') then
   redis.call('HSET', KEYS[3], unpack(ARGV, 10 + 3 * limits))
   redis.call('RPUSH', KEYS[4], ARGV[4])
