@@ -24,6 +24,9 @@ from service.sale.resources import Resources, close_resources, open_resources
 from service.sale.sold_out import follow_gate_changes
 from service.sale.stats import OUTCOME_COUNTS, flush_forever
 
+TASKS_STOP_SECONDS = 5.0
+"""How long shutdown waits for the background loops to end once cancelled."""
+
 
 def resources_lifespan(settings: Settings):
     @asynccontextmanager
@@ -55,6 +58,9 @@ def resources_lifespan(settings: Settings):
         finally:
             for task in tasks:
                 task.cancel()
+            # They unwind (a pub/sub unsubscribes, its connection goes back) while their Redis
+            # client is still open; closing it under them could leave one waiting for ever.
+            await asyncio.wait(tasks, timeout=TASKS_STOP_SECONDS)
             restore_signals()
             dashboard.close()
             # The last second's /buy outcomes still reach the dashboards of the other pods.
