@@ -45,7 +45,7 @@ from bench.system import ADMIN_TOKEN, BenchSystem, admit_in_process, run_with, r
 from bench.verdict import AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
 from service.cli.dev_servers import wait_until
-from service.core.keys import ADMITTED_KEY, pending_key, sale_key
+from service.core.keys import ADMITTED_KEY, pending_keys, sale_key
 from service.sale.order_jobs import order_queue
 
 RESTOCK_UNITS = 5_000
@@ -228,7 +228,7 @@ def run_memory(system: BenchSystem, minutes: int) -> dict:
         "rss": samples,
         "buckets": buckets,
         "buckets_left_after_idle_seconds": [round(idle_after, 1), buckets_left],
-        "pending_left": system.redis.llen(pending_key(1)),
+        "pending_left": sum(system.redis.llen(key) for key in pending_keys(1)),
         "redis_used_memory": system.redis.info("memory")["used_memory"],
     }
 

@@ -7,15 +7,17 @@
 -- KEYS[1]     stock gate, fs:{p:<id>}:stock: units not yet promised
 -- KEYS[2]     idempotency record, fs:idem:{<digest>} of the customer and its key (any unused key
 --             when there is none)
--- KEYS[3]     a draining job's hash, rq:job:drain-<id>-<order_id>, written only when the
---             product has no draining job (KEYS[9] absent)
+-- KEYS[3]     a draining job's hash, rq:job:drain-<id>[_<lane>]-<order_id>, written only when
+--             the order's lane has no draining job (KEYS[9] absent)
 -- KEYS[4]     the RQ queue list, rq:queue:orders
 -- KEYS[5]     the product's sale, fs:{p:<id>}:sale: opens_ms, closes_ms, per_customer (0 = none)
 -- KEYS[6]     units this customer was admitted for, fs:{p:<id>}:bought:<customer_digest>
 -- KEYS[7]     admitted orders not yet decided, fs:admitted: order id scored by admission ms
--- KEYS[8]     the product's undecided orders, fs:{p:<id>}:pending: one compact entry each, oldest
---             first, the queue its draining job applies in batches
--- KEYS[9]     the product's draining job, fs:{p:<id>}:drain: the id of the one queued or running
+-- KEYS[8]     the undecided orders of the order's lane of the product, fs:{p:<id>}:pending[:<lane>]:
+--             one compact entry each, oldest first, the queue the lane's draining job applies in
+--             batches (the caller draws the lane from the order id)
+-- KEYS[9]     the lane's draining job, fs:{p:<id>}:drain[:<lane>]: the id of the one queued or
+--             running
 -- KEYS[10..]  the route's rate-limit buckets (see token_buckets.lua), when they live on this Redis
 --             (else none)
 -- ARGV[1]     the caller's time in µs, or "" for Redis TIME (see buckets.lib.lua)
@@ -96,12 +98,12 @@ bucket_charge(buckets)
 left = redis.call('DECRBY', KEYS[1], quantity)
 redis.call('RPUSH', KEYS[8], ARGV[9 + 3 * limits])
 redis.call('ZADD', KEYS[7], now_ms, ARGV[3])
--- One draining job per product: queue one unless the product has one. Its job ends only in
+-- One draining job per lane: queue one unless the lane has one. Its job ends only in
 -- a step that finds the pending list empty and deletes the flag (settle.lua), so this entry
 -- is either seen by the running drain or finds the flag gone and queues a new one. The flag
 -- of a queued job has no TTL (RQ's list keeps the job); a running drain holds it on a lease
 -- its worker renews every third of it and at every batch (settle.lua), so the flag of a drain
--- whose worker died lapses and the next order queues a new one.
+-- whose worker died lapses and the next order in the lane queues a new one.
 if redis.call('SET', KEYS[9], ARGV[4], 'NX') then
   redis.call('HSET', KEYS[3], unpack(ARGV, 10 + 3 * limits))
   redis.call('RPUSH', KEYS[4], ARGV[4])

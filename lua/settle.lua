@@ -1,18 +1,19 @@
 -- settle.lua: a draining job's batch is decided (its rows committed in PostgreSQL): take its
 -- orders off the pending list and fs:admitted in one step, give back the units of the orders
 -- rejected as failed among those it takes off (in the same step, so units come back exactly
--- once, with the entry, whichever job settles it), and end the drain when nothing is left. Only the job the product's flag
+-- once, with the entry, whichever job settles it), and end the drain when nothing is left. Only the job the lane's flag
 -- names may settle (a job finding no flag takes it: the lease of a drain whose worker died
 -- has lapsed), so a stale run of a draining job (one whose lease lapsed and another job took
--- the product, or one RQ retried while it still ran) touches nothing: its orders stay pending
+-- the lane, or one RQ retried while it still ran) touches nothing: its orders stay pending
 -- and their owner finds them decided. Called with no ids, it claims or renews the lease (and
 -- ends a drain with nothing left): what a draining job does before its first batch.
 --
 -- Key names are built by service/core/keys.py; the caller passes every key this script touches.
 --
--- KEYS[1]     the product's undecided orders, fs:{p:<id>}:pending (entries start with the order id)
+-- KEYS[1]     one lane of the product's undecided orders, fs:{p:<id>}:pending[:<lane>] (entries
+--             start with the order id)
 -- KEYS[2]     admitted orders not yet decided, fs:admitted
--- KEYS[3]     the product's draining job, fs:{p:<id>}:drain
+-- KEYS[3]     the lane's draining job, fs:{p:<id>}:drain[:<lane>]
 -- KEYS[4]     the product's stock gate, fs:{p:<id>}:stock
 -- ARGV[1]     the settling job's id
 -- ARGV[2]     the lease, ms: the flag lapses unless its job settles again within it
@@ -20,7 +21,7 @@
 --             id, then the units to give back to the gate if this call takes it off the list
 --             (its quantity when it was rejected as failed, else 0)
 -- returns     {settled, left, given_back}: orders taken off the list (-1: this job does not
---             own the product, nothing was touched), entries left (0: the drain ended, the
+--             own the lane, nothing was touched), entries left (0: the drain ended, the
 --             flag is deleted and the next admission queues a new draining job), units given
 --             back to the gate
 --

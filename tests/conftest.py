@@ -91,9 +91,13 @@ def fresh_db(engine: Engine, redis: Redis) -> Engine:
 
 
 @pytest.fixture
-def settings_env(redis_url: str, database_url: str) -> dict[str, str]:
-    """Environment for flashsale processes under test (see ``process_env``)."""
-    return process_env(redis_url, database_url)
+def settings_env(request, redis_url: str, database_url: str) -> dict[str, str]:
+    """Environment for flashsale processes under test (see ``process_env``); a test marked
+    ``drain_lanes(n)`` splits each product's orders over n lanes (the default's otherwise)."""
+    env = process_env(redis_url, database_url)
+    if lanes := request.node.get_closest_marker("drain_lanes"):
+        env["FLASHSALE_DRAIN_LANES"] = str(lanes.args[0])
+    return env
 
 
 @pytest.fixture

@@ -11,15 +11,16 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
+from service.core.keys import ADMITTED_KEY, drain_flag_keys, drain_job_id, gate_key, pending_key
 from service.limiter.identity import ClientIdentity
 from service.sale.admission import Decision, admit
-from service.sale.order_jobs import order_queue
+from service.sale.order_jobs import entry_order_id, lane_of, order_queue
 from service.sale.resources import close_resources, open_resources
 from service.sale.stock_gate import set_gate
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state
 from tests.support.enqueue import enqueue_drain
+from tests.support.lanes import drains, pending_count
 
 
 def _client(ip="203.0.113.7", customer=None):
@@ -53,8 +54,11 @@ def test_the_gate_hands_out_all_or_nothing(settings, redis):
     assert (two.decision, two.left) == (Decision.ADMITTED, 1)
     assert (too_many.decision, too_many.left) == (Decision.NOT_ENOUGH_STOCK, 1)
     assert (last.decision, last.left) == (Decision.ADMITTED, 0)
-    assert redis.llen(pending_key(1)) == 2
-    assert redis.llen("rq:queue:orders") == 1, "one draining job for the product, not one per order"
+    assert pending_count(redis) == 2
+    lanes = drains(redis)
+    assert redis.llen("rq:queue:orders") == len(lanes) == len(set(lanes.values())) <= 2, (
+        "one draining job per lane with orders, not one per order"
+    )
 
 
 def test_a_missing_gate_is_reported_not_invented(settings, redis):
@@ -76,8 +80,12 @@ def test_two_thousand_concurrent_buyers_get_exactly_the_stock(settings, redis):
 
     assert _run(settings, body) == 250
     assert int(redis.get(gate_key(1))) == 0
-    assert redis.llen(pending_key(1)) == 250 and redis.zcard(ADMITTED_KEY) == 250
-    assert redis.llen("rq:queue:orders") == 1
+    assert pending_count(redis) == 250 and redis.zcard(ADMITTED_KEY) == 250
+    lanes = [redis.llen(pending_key(1, lane)) for lane in range(settings.drain_lanes)]
+    assert sum(lanes) == 250 and min(lanes) > 250 / settings.drain_lanes / 2, (
+        f"spread over the lanes: {lanes}"
+    )
+    assert redis.llen("rq:queue:orders") == settings.drain_lanes, "one draining job per lane"
 
 
 def test_a_no_charges_nothing(settings, redis):
@@ -116,7 +124,7 @@ def test_an_idempotency_key_returns_the_first_order_and_makes_no_second(settings
     assert (again.decision, again.order_id) == (Decision.REPLAY, first.order_id)
     assert (other_payload.decision, other_payload.order_id) == (Decision.KEY_REUSED, first.order_id)
     assert other_client.decision is Decision.ADMITTED and other_client.order_id != first.order_id
-    assert redis.llen(pending_key(1)) == 2 and int(redis.get(gate_key(1))) == 8
+    assert pending_count(redis) == 2 and int(redis.get(gate_key(1))) == 8
     ttls = [redis.ttl(key) for key in redis.keys("fs:idem:*")]
     assert len(ttls) == 2 and all(23 * 3600 < ttl <= 24 * 3600 for ttl in ttls)
 
@@ -128,51 +136,60 @@ RQ_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 def test_admit_writes_the_draining_job_hash_rq_itself_writes(settings, redis):
     """RQ's own enqueue of the same draining job (its id, arguments, options and drawn retry
     waits) writes the same hash, field for field, but that admit.lua leaves the call data
-    uncompressed (RQ reads both) and stamps the admission's time instead of the enqueue's."""
-    set_gate(redis, 1, 10)
+    uncompressed (RQ reads both) and stamps the admission's time instead of the enqueue's: for
+    lane 0 (the jobs from before lanes) and for another lane."""
+    set_gate(redis, 1, 1000)
 
     async def body(resources):
-        return await _admit(resources)
+        while not {0} < set(drains(redis)):  # orders until lane 0 and another have a job
+            await _admit(resources, _client(f"10.1.{len(drains(redis))}.{pending_count(redis) % 256}"))
 
-    admission = _run(settings, body)
-    job_id = redis.get(drain_flag_key(1)).decode()
-    assert job_id == f"drain-1-{admission.order_id}", "named after the order whose admission queued it"
+    _run(settings, body)
     queue = order_queue(redis)
-    ours = redis.hgetall(Job.key_for(job_id))
-    job = Job.fetch(job_id, connection=redis, serializer=queue.serializer)
-    assert job.args == [1]
-    redis.delete(job.key)  # RQ enqueues a job id only once
-    rqs = redis.hgetall(
-        enqueue_drain(queue, 1, job_id, settings.job_timeout_seconds, job.retry_intervals).key
-    )
+    for lane, job_id in drains(redis).items():
+        (first,) = [raw for raw in redis.lrange(pending_key(1, lane), 0, 0)]
+        order_id = entry_order_id(first)
+        assert lane_of(order_id, settings.drain_lanes) == lane
+        assert job_id == drain_job_id(1, order_id, lane), "named after the order whose admission queued it"
+        ours = redis.hgetall(Job.key_for(job_id))
+        job = Job.fetch(job_id, connection=redis, serializer=queue.serializer)
+        assert job.args == ([1, lane] if lane else [1])
+        redis.delete(job.key)  # RQ enqueues a job id only once
+        rqs = redis.hgetall(
+            enqueue_drain(queue, job_id, settings.job_timeout_seconds, job.retry_intervals).key
+        )
 
-    assert set(ours) == set(rqs), "the same fields"
-    assert ours[b"data"] == zlib.decompress(rqs[b"data"])
-    times = (b"created_at", b"enqueued_at")
-    stamps = [fields[time].decode() for fields in (ours, rqs) for time in times]
-    assert [stamp for stamp in stamps if not RQ_TIMESTAMP.fullmatch(stamp)] == [], "as RQ writes times"
-    assert {f: v for f, v in ours.items() if f not in (b"data", *times)} == {
-        f: v for f, v in rqs.items() if f not in (b"data", *times)
-    }
-    waits = json.loads(ours[b"retry_intervals"])
-    base = settings.job_retry_backoff_seconds
-    assert len(waits) == len(base) and waits[0] == base[0] == 0
-    assert all(0.5 * b - 1 <= wait <= 1.5 * b + 1 for wait, b in zip(waits, base, strict=True)), "jittered"
+        assert set(ours) == set(rqs), "the same fields"
+        assert ours[b"data"] == zlib.decompress(rqs[b"data"])
+        times = (b"created_at", b"enqueued_at")
+        stamps = [fields[time].decode() for fields in (ours, rqs) for time in times]
+        assert [stamp for stamp in stamps if not RQ_TIMESTAMP.fullmatch(stamp)] == [], "as RQ writes times"
+        assert {f: v for f, v in ours.items() if f not in (b"data", *times)} == {
+            f: v for f, v in rqs.items() if f not in (b"data", *times)
+        }
+        waits = json.loads(ours[b"retry_intervals"])
+        base = settings.job_retry_backoff_seconds
+        assert len(waits) == len(base) and waits[0] == base[0] == 0
+        assert all(0.5 * b - 1 <= wait <= 1.5 * b + 1 for wait, b in zip(waits, base, strict=True)), (
+            "jittered"
+        )
 
 
 def test_rqs_own_simple_worker_runs_the_draining_job_admit_writes(settings, redis, fresh_db, worker_env):
     """``rq.worker.SimpleWorker`` as shipped, with RQ's JSON serializer: no class of ours. The
-    one draining job decides the five orders, ends the drain and leaves nothing behind: no
-    job hash, no result, no pending entry, no admitted record, no flag."""
+    draining jobs (one per lane with orders) decide the twenty orders, end their drains and
+    leave nothing behind: no job hash, no result, no pending entry, no admitted record, no flag."""
     worker_env()
-    admitted = admit_orders(settings, 5)
+    admitted = admit_orders(settings, 20)
     queue = order_queue(redis)
-    job_id = redis.get(drain_flag_key(1)).decode()
-    assert queue.get_job_ids() == [job_id]
+    job_ids = drains(redis).values()
+    assert sorted(queue.get_job_ids()) == sorted(job_ids) and len(job_ids) > 1
     SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
 
     assert set(order_rows(fresh_db)) == set(admitted)
-    assert product_state(fresh_db)[0] == 95
+    assert product_state(fresh_db)[0] == 80
     assert FailedJobRegistry(queue=queue).count == 0 and queue.count == 0
-    assert redis.zcard(ADMITTED_KEY) == 0 and redis.llen(pending_key(1)) == 0
-    assert not redis.exists(Job.key_for(job_id), drain_flag_key(1)), "a decided order leaves Redis at once"
+    assert redis.zcard(ADMITTED_KEY) == 0 and pending_count(redis) == 0
+    assert not redis.exists(*map(Job.key_for, job_ids), *drain_flag_keys(1)), (
+        "a decided order leaves Redis at once"
+    )

@@ -13,6 +13,7 @@ from service.cli.dev_servers import wait_until
 from service.core.keys import gate_key
 from service.core.logs import Throttled
 from service.core.policies import policy_digest
+from tests.support.lanes import drains
 from tests.support.problems import assert_problem
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
@@ -263,11 +264,13 @@ def test_an_outage_logs_one_line_a_second_not_one_per_503(monkeypatch, caplog):
 
 
 def test_metrics_show_the_queue_depth_worker_autoscaling_follows(client, redis):
-    """No worker runs here: the three admitted orders wait for their product's one draining
-    job; two live started entries (and one a dead worker left behind, expired) make the
-    in-flight count."""
+    """No worker runs here: the three admitted orders wait for the draining jobs of the lanes
+    they fell in (one job per lane); two live started entries (and one a dead worker left
+    behind, expired) make the in-flight count."""
     for _ in range(3):
         assert client.post("/buy", json={}).status_code == 202
+    jobs = len(drains(redis))
+    assert 1 <= jobs <= 3
     now = time.time()
     redis.zadd("rq:wip:orders", {"a:1": now + 60, "b:1": now + 60, "dead:1": now - 1})
 
@@ -280,5 +283,9 @@ def test_metrics_show_the_queue_depth_worker_autoscaling_follows(client, redis):
             if line.startswith(f'{name}{{queue="orders"}}')
         }
 
-    expected = {"flashsale_queue_depth": 1, "flashsale_queue_in_flight": 2, "flashsale_queue_backlog": 3}
+    expected = {
+        "flashsale_queue_depth": jobs,
+        "flashsale_queue_in_flight": 2,
+        "flashsale_queue_backlog": jobs + 2,
+    }
     wait_until(lambda: gauges() == expected, 10, f"queue gauges {expected}")

@@ -32,6 +32,8 @@ from tests.support.system import System, process_env
 from worker.dead_letters import failed_orders, forget_decided
 from worker.runner import OrderWorker
 
+pytestmark = pytest.mark.drain_lanes(1)  # each test follows one drain
+
 BACKOFF = "FLASHSALE_JOB_RETRY_BACKOFF_SECONDS"
 
 
@@ -172,6 +174,7 @@ def test_orders_dead_lettered_while_postgresql_is_down_wait_queued_and_are_confi
         **process_env(redis_url, database_url),
         BACKOFF: "0,0,1",
         "FLASHSALE_RECONCILE_INTERVAL_SECONDS": "1",
+        "FLASHSALE_DRAIN_LANES": "1",
     }
     system = System(env=env, log_dir=tmp_path)
     registry = FailedJobRegistry(queue=order_queue(redis))

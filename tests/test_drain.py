@@ -1,9 +1,11 @@
-"""One draining job per product: admissions racing the drain's end, a stale run, a hand-off,
-and a sale's worth of admissions while drains end and start again (real Redis and PostgreSQL,
-admitted through the production admit path)."""
+"""One draining job per lane (these tests use one lane): admissions racing the drain's end, a
+stale run, a hand-off, and a sale's worth of admissions while drains end and start again (real
+Redis and PostgreSQL, admitted through the production admit path)."""
 
 import threading
 import time
+
+import pytest
 
 from db.orders import apply_orders, record_failures
 from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
@@ -13,6 +15,8 @@ from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state, status_counts
 from worker import jobs
 from worker.runner import OrderWorker
+
+pytestmark = pytest.mark.drain_lanes(1)  # each test follows one drain
 
 
 def _work(redis) -> None:
@@ -53,7 +57,7 @@ def test_an_order_admitted_before_the_drain_ends_is_seen_by_that_drain(settings,
     (late,) = admit_orders(settings, 1, first_client=2)
     assert order_queue(redis).get_job_ids() == [job_id], "the running drain's flag stood: no new job"
 
-    assert jobs.settle(1, job_id, batch) == (2, 1), "two settled, one left: the drain goes on"
+    assert jobs.settle(1, 0, job_id, batch) == (2, 1), "two settled, one left: the drain goes on"
     assert _flag(redis) == job_id
     _work(redis)
     assert set(order_rows(fresh_db)) == {*first, late}
@@ -67,7 +71,7 @@ def test_an_order_admitted_after_the_drain_ended_queues_a_new_drain(settings, re
     admit_orders(settings, 1)
     job_id = _flag(redis)
     redis.lpop(order_queue(redis).key)  # the drain is running
-    assert jobs.settle(1, job_id, _commit_head(fresh_db, redis, 1)) == (1, 0), "the list is empty: ended"
+    assert jobs.settle(1, 0, job_id, _commit_head(fresh_db, redis, 1)) == (1, 0), "the list is empty: ended"
     assert _flag(redis) is None
 
     (late,) = admit_orders(settings, 1, first_client=1)
@@ -84,10 +88,10 @@ def test_a_job_the_flag_does_not_name_touches_nothing(settings, redis, fresh_db,
     set_gate(redis, 1, 10)
     order_ids = admit_orders(settings, 3)
     batch = _commit_head(fresh_db, redis, 3)
-    assert jobs.settle(1, "drain-1-stale", batch) == (-1, 3)
+    assert jobs.settle(1, 0, "drain-1-stale", batch) == (-1, 3)
     assert redis.llen(pending_key(1)) == 3 and redis.zcard(ADMITTED_KEY) == 3 and _flag(redis)
     later = [(order_id, 0) for order_id in order_ids[1:]]
-    assert jobs.settle(1, _flag(redis), later) == (0, 3), "only the entries at the head, in order"
+    assert jobs.settle(1, 0, _flag(redis), later) == (0, 3), "only the entries at the head, in order"
 
     stock_before, _ = product_state(fresh_db)
     _work(redis)
@@ -174,8 +178,8 @@ def test_a_drain_whose_head_another_job_settled_meanwhile_reads_it_afresh(
                 assert time.monotonic() < deadline, "the first batch never settled"
                 time.sleep(0.005)
             redis.delete(drain_flag_key(1))  # the lease lapsed; another job takes the product...
-            assert jobs.settle(1, "drain-1-other", []) == (0, 6)
-            assert jobs.settle(1, "drain-1-other", _commit_head(engine, redis, 1)) == (1, 5)
+            assert jobs.settle(1, 0, "drain-1-other", []) == (0, 6)
+            assert jobs.settle(1, 0, "drain-1-other", _commit_head(engine, redis, 1)) == (1, 5)
             redis.delete(drain_flag_key(1))  # ...and stalls in turn
         assert calls < 20, "the drain goes round a batch it can never settle"
         return applying(engine, orders)
@@ -199,7 +203,7 @@ def test_the_lease_of_a_drain_whose_worker_died_lapses_and_the_next_order_queues
     first = admit_orders(settings, 2)
     dead = _flag(redis)
     redis.lpop(order_queue(redis).key)  # a worker took it...
-    assert jobs.settle(1, dead, []) == (0, 2), "...claimed the product on a lease..."
+    assert jobs.settle(1, 0, dead, []) == (0, 2), "...claimed the product on a lease..."
     assert 0 < redis.pttl(drain_flag_key(1)) <= 3_000
     _commit_head(fresh_db, redis, 1)  # ...committed a batch, and died before settling it
     redis.pexpire(drain_flag_key(1), 1)
@@ -226,7 +230,7 @@ def _gave_up_and_stalled(settings, redis, fresh_db, orders: int) -> tuple[str, l
     admit_orders(settings, orders)
     gave_up = _flag(redis)
     redis.lpop(order_queue(redis).key)  # a worker took it
-    assert jobs.settle(1, gave_up, []) == (0, orders)
+    assert jobs.settle(1, 0, gave_up, []) == (0, orders)
     settlement = _fail_head(fresh_db, redis, orders)
     redis.delete(drain_flag_key(1))  # the stall: its lease lapsed
     return gave_up, settlement
@@ -241,11 +245,11 @@ def test_failed_units_come_back_once_when_the_job_that_failed_them_settles_after
     worker_env()
     set_gate(redis, 1, 10)
     gave_up, settlement = _gave_up_and_stalled(settings, redis, fresh_db, 2)
-    queue_drain(redis, 1, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, None)
+    queue_drain(redis, 1, 0, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, None)
     _work(redis)
     assert _gate(redis) == 10, "the failed orders' units back in the gate"
     assert product_state(fresh_db)[0] == 100, "the failed orders took no stock"
-    assert jobs.settle(1, gave_up, settlement) == (0, 0)
+    assert jobs.settle(1, 0, gave_up, settlement) == (0, 0)
     assert _gate(redis) == 10, "given back once"
 
 
@@ -261,7 +265,7 @@ def test_failed_units_are_not_lost_when_a_new_drain_owns_the_product_before_the_
     admit_orders(settings, 1, first_client=2)
     owner = _flag(redis)
     assert owner not in (None, gave_up)
-    assert jobs.settle(1, gave_up, settlement) == (-1, 3), "not its product any more"
+    assert jobs.settle(1, 0, gave_up, settlement) == (-1, 3), "not its product any more"
     _work(redis)
     assert status_counts(fresh_db) == {("rejected", "failed"): 2, ("confirmed", None): 1}
     assert _gate(redis) == 9, "ten, less the three admitted, plus the two failed"

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from db.orders import AdmittedOrder, apply_order, record_failure
 from service.cli.dev_servers import wait_until
-from service.core.keys import ADMITTED_KEY, drain_flag_key, gate_key, pending_key
+from service.core.keys import ADMITTED_KEY, gate_key, pending_key
 from service.limiter.identity import ClientIdentity
 from service.sale.admission import Decision, admit
 from service.sale.order_jobs import FAILURE_TTL_SECONDS, order_queue
@@ -28,13 +28,14 @@ from tests.support.cli import run_cli
 from tests.support.database import product_state, status_counts
 from tests.support.enqueue import record_orders
 from tests.support.invariants import assert_invariants
+from tests.support.lanes import drains
 
 
-def _queue_orders(redis, count, quantity):
+def _queue_orders(redis, count, quantity, lane=0):
     orders = [
         AdmittedOrder(uuid.uuid4(), 1, quantity, "203.0.113.7", datetime.now(UTC)) for _ in range(count)
     ]
-    record_orders(redis, orders)
+    record_orders(redis, orders, lane)
     return orders
 
 
@@ -42,9 +43,10 @@ def _gate(redis) -> int:
     return int(redis.get(gate_key(1)))
 
 
+@pytest.mark.parametrize("lane", [0, 15], ids=["lane 0", "the last lane"])
 @pytest.mark.parametrize("drifted", [1000, 0, None])
-def test_a_drifted_or_lost_gate_is_set_to_stock_minus_undecided_orders(redis, fresh_db, drifted):
-    _queue_orders(redis, 3, quantity=2)  # 6 units promised, not yet in the database
+def test_a_drifted_or_lost_gate_is_set_to_stock_minus_undecided_orders(redis, fresh_db, drifted, lane):
+    _queue_orders(redis, 3, quantity=2, lane=lane)  # 6 units promised, not yet in the database
     if drifted is None:
         redis.delete(gate_key(1))
     else:
@@ -111,13 +113,14 @@ def _place(redis, job_id: str, state: str) -> None:
 
 @pytest.mark.parametrize("state", ["queued", "intermediate", "started", "scheduled", "failed", "in no list"])
 def test_an_admitted_order_holds_its_units_wherever_rq_keeps_its_drain(settings, redis, fresh_db, state):
-    """The reproduction of issue 15: stock 3, three orders admitted, their draining job moved on
+    """The reproduction of issue 15: stock 3, three orders admitted, their draining jobs moved on
     by RQ; the reconciler must not hand their units out again. (Draining jobs have no
     dependencies, so RQ's deferred registry never holds one.)"""
     seed(fresh_db, redis, stock=3)
     admit_orders(settings, 3)
     assert _gate(redis) == 0
-    _place(redis, redis.get(drain_flag_key(1)).decode(), state)
+    for job_id in drains(redis).values():  # one per lane its orders were spread over
+        _place(redis, job_id, state)
 
     assert reconcile(redis, fresh_db) == []
     assert _gate(redis) == 0
@@ -140,7 +143,8 @@ def test_a_gate_is_not_raised_while_an_admitted_orders_entry_is_gone(settings, r
     """Its product and units are unknown: raising any gate could hand them out again."""
     seed(fresh_db, redis, stock=3)
     admit_orders(settings, 3)
-    redis.lpop(pending_key(1))
+    (lane, *_) = drains(redis)
+    redis.lpop(pending_key(1, lane))
     assert reconcile(redis, fresh_db) == [] and _gate(redis) == 0
     redis.set(gate_key(1), 5)
     (repair,) = reconcile(redis, fresh_db)

@@ -12,6 +12,8 @@ from service.sale.stock_gate import set_gate
 from tests.support.admitting import admit_orders
 from tests.support.cli import run_cli
 
+pytestmark = pytest.mark.drain_lanes(1)  # each test follows one drain
+
 NAME = "FLASHSALE_JOB_RETRY_BACKOFF_SECONDS"
 
 

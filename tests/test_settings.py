@@ -13,6 +13,7 @@ def test_defaults_match_the_design():
     assert settings.trusted_proxies == ()
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.limiter_redis_url == settings.redis_url
+    assert settings.drain_lanes == 4
 
 
 def test_values_are_parsed_and_typed():
@@ -50,6 +51,8 @@ def test_values_are_parsed_and_typed():
         ("FLASHSALE_DATABASE_URL", "mysql://x"),
         ("FLASHSALE_PORT", "70000"),
         ("FLASHSALE_LOG_LEVEL", "LOUD"),
+        ("FLASHSALE_DRAIN_LANES", "0"),
+        ("FLASHSALE_DRAIN_LANES", "17"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):

@@ -5,6 +5,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
@@ -19,6 +20,8 @@ from tests.support.database import order_rows, product_state
 from worker.dead_letters import failed_orders
 from worker.runner import OrderWorker
 from worker.stranded import requeue_stranded
+
+pytestmark = pytest.mark.drain_lanes(1)  # each test follows one drain
 
 
 def _work(redis) -> None:

@@ -1,6 +1,6 @@
 """Workers under pressure on the production path: orders admitted by lua/admit.lua (the
-product's pending list and its one draining job), a hot row, and workers killed or stopped in
-the middle of a drain."""
+product's lanes, a pending list and one draining job each), a hot row, and workers killed or
+stopped in the middle of a drain."""
 
 import signal
 
@@ -16,6 +16,7 @@ from service.sale.order_jobs import order_queue
 from service.sale.stock_gate import seed
 from tests.support.admitting import admit_orders
 from tests.support.database import order_rows, product_state, status_counts
+from tests.support.lanes import drains, pending_count
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +35,11 @@ def test_eight_workers_drain_two_thousand_orders_on_one_hot_row(system, fresh_db
     # One version bump per batch: orders admitted behind a running drain went in its batches.
     assert version_before < version < version_before + 2000, (version_before, version)
     queue = order_queue(redis)
-    wait_until(lambda: not redis.exists(drain_flag_key(1)), 30, "the drain ended", interval=0.2)
+    wait_until(lambda: not drains(redis), 30, "the drains ended", interval=0.2)
     assert FailedJobRegistry(queue=queue).count == 0 and queue.count == 0
-    assert redis.zcard(ADMITTED_KEY) == 0 and redis.llen(pending_key(1)) == 0
+    assert redis.zcard(ADMITTED_KEY) == 0 and pending_count(redis) == 0
     ran = [worker.successful_job_count for worker in Worker.all(queue=queue)]
-    # One draining job at a time per product: a drain, not an order, is a job.
+    # One draining job at a time per lane: a drain, not an order, is a job.
     assert len(ran) == 8 and 1 <= sum(ran) < 2000, f"jobs run by each worker: {ran}"
 
 
@@ -64,6 +65,7 @@ def test_a_worker_killed_mid_job_loses_no_order_and_applies_none_twice(system, f
     assert product_state(fresh_db)[0] == stock_before - 60
 
 
+@pytest.mark.drain_lanes(1)  # one drain, handed on
 def test_sigterm_lets_a_busy_worker_finish_its_batch_and_hand_the_rest_on(system, fresh_db, redis, settings):
     system.env["FLASHSALE_WORKER_BATCH_SIZE"] = "2"
     order_ids = admit_orders(settings, 5)  # before any worker: one drain, batches of two
@@ -106,7 +108,7 @@ def test_rq_suspend_holds_an_idle_worker_alive_until_resume(system, fresh_db, re
     beat = heartbeat.stat().st_mtime
     wait_until(lambda: heartbeat.stat().st_mtime >= beat + 3, 10, "three heartbeats while held")
     assert state() == "suspended" and not order_rows(fresh_db)
-    assert queue.count == 1 and redis.llen(pending_key(1)) == 5
+    assert queue.count == len(drains(redis)) and pending_count(redis) == 5
 
     resume(redis)
     wait_until(lambda: len(order_rows(fresh_db)) == 5, 30, "the orders decided after resume")

@@ -3,11 +3,11 @@ their product's orders are still undecided.
 
 A draining job lands there after its last retry failed, and its failure callback has by then
 either decided the batch in hand (rows ``rejected``/``failed``, units back in the gate:
-PostgreSQL answered) and handed the product's other orders to a new draining job, or, when
+PostgreSQL answered) and handed its lane's other orders to a new draining job, or, when
 PostgreSQL could not take the rejections, left every order undecided: still pending and in
-``fs:admitted``, ``queued`` to its buyer, its units held, and the product's flag still naming
+``fs:admitted``, ``queued`` to its buyer, its units held, and the lane's flag still naming
 the failed job (so no other job drains it meanwhile). Only such jobs are dead letters, and
-their product's pending orders are the dead-lettered orders. The stranded-order sweep runs
+their lane's pending orders are the dead-lettered orders. The stranded-order sweep runs
 them again once PostgreSQL answers (taking them out of the registry as it queues them) and
 drops the entries of jobs no flag names any more, so the registry, ``flashsale orders
 failed`` and the sweep agree; ``flashsale orders requeue`` runs them at once.
@@ -23,7 +23,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from service.core.keys import drain_flag_key, pending_key, product_of_drain_job
+from service.core.keys import drain_flag_key, drain_of_job, pending_key
 from service.sale.order_jobs import entry_order_id, order_queue, parse_entry
 
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
@@ -44,19 +44,19 @@ def failed_registry(redis: Redis) -> FailedJobRegistry:
     return FailedJobRegistry(queue=order_queue(redis))
 
 
-def _split(redis: Redis) -> tuple[dict[str, int], list[str]]:
-    """The failed registry's job ids: ({dead letter: its product}, [jobs whose orders are
-    decided or drained by another job])."""
+def _split(redis: Redis) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """The failed registry's job ids: ({dead letter: its (product, lane)}, [jobs whose orders
+    are decided or drained by another job])."""
     job_ids = failed_registry(redis).get_job_ids(cleanup=False)
-    products = {job_id: product_of_drain_job(job_id) for job_id in job_ids}
-    drains = [job_id for job_id, product in products.items() if product is not None]
+    lanes = {job_id: drain_of_job(job_id) for job_id in job_ids}
+    drains = [job_id for job_id, lane in lanes.items() if lane is not None]
     with redis.pipeline(transaction=False) as pipe:
         for job_id in drains:
-            pipe.get(drain_flag_key(products[job_id]))
-            pipe.llen(pending_key(products[job_id]))
+            pipe.get(drain_flag_key(*lanes[job_id]))
+            pipe.llen(pending_key(*lanes[job_id]))
         replies = pipe.execute()
     dead = {
-        job_id: products[job_id]
+        job_id: lanes[job_id]
         for job_id, flag, waiting in zip(drains, replies[::2], replies[1::2], strict=True)
         if flag is not None and flag.decode() == job_id and waiting
     }
@@ -69,7 +69,7 @@ def dead_letter_ids(redis: Redis) -> list[str]:
 
 
 def failed_orders(redis: Redis) -> list[DeadLetter]:
-    """One line per dead-lettered order: its product's pending orders, with its job's failure."""
+    """One line per dead-lettered order: its lane's pending orders, with its job's failure."""
     dead = _split(redis)[0]
     queue = order_queue(redis)
     letters = []
@@ -80,8 +80,8 @@ def failed_orders(redis: Redis) -> list[DeadLetter]:
         trace = result.exc_string if result is not None else ""
         raised = [line for line in (trace or "").splitlines() if EXCEPTION_LINE.match(line)]
         ended = job.ended_at.isoformat() if job.ended_at else ""
-        product_id = dead[job.id]
-        for raw in redis.lrange(pending_key(product_id), 0, -1):
+        product_id, lane = dead[job.id]
+        for raw in redis.lrange(pending_key(product_id, lane), 0, -1):
             order = parse_entry(product_id, raw).order
             letters.append(
                 DeadLetter(
@@ -103,8 +103,8 @@ def requeue_orders(redis: Redis, order_ids: list[str] | None = None) -> int:
     registry = failed_registry(redis)
     wanted = None if order_ids is None else set(order_ids)
     requeued = 0
-    for job_id, product_id in _split(redis)[0].items():
-        waiting = [entry_order_id(raw) for raw in redis.lrange(pending_key(product_id), 0, -1)]
+    for job_id, lane in _split(redis)[0].items():
+        waiting = [entry_order_id(raw) for raw in redis.lrange(pending_key(*lane), 0, -1)]
         if wanted is not None and wanted.isdisjoint(waiting):
             continue
         try:
@@ -116,7 +116,7 @@ def requeue_orders(redis: Redis, order_ids: list[str] | None = None) -> int:
 
 
 def forget_decided(redis: Redis) -> int:
-    """Take out of the failed registry the jobs no product waits for (their orders' rows are
+    """Take out of the failed registry the jobs no lane waits for (their orders' rows are
     the record, or another draining job holds them)."""
     _, decided = _split(redis)
     if decided:

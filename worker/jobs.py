@@ -1,14 +1,15 @@
-"""RQ job bodies: a product's draining job. Each worker process builds its engine and Redis
-client once, lazily.
+"""RQ job bodies: the draining job of one lane of a product. Each worker process builds its
+engine and Redis client once, lazily.
 
-One job per product with orders waiting (not one per order): it applies the product's
-pending list (``fs:{p:<id>}:pending``) in batches of ``FLASHSALE_WORKER_BATCH_SIZE``, each
-under the optimistic lock (``db.orders.apply_orders``), and after each commit takes the
-batch off the list and off ``fs:admitted`` in one step (``lua/settle.lua``), the step that
-also ends the drain when the list is empty. A batch is read, not popped: a worker that dies
-before settling leaves its orders on the list, and the job's retry (RQ's, once its started
-entry lapses) applies them again; order ids are primary keys, so a batch applied twice
-counts its stock once.
+One job per lane with orders waiting (not one per order): it applies the lane's pending list
+(``fs:{p:<id>}:pending[:<lane>]``) in batches of ``FLASHSALE_WORKER_BATCH_SIZE``, each under
+the optimistic lock (``db.orders.apply_orders``: the lanes of one product commit side by side,
+retrying only the product's version-checked update when another lane's commit came first),
+and after each commit takes the batch off the list and off ``fs:admitted`` in one step
+(``lua/settle.lua``), the step that also ends the drain when the list is empty. A batch is
+read, not popped: a worker that dies before settling leaves its orders on the list, and the
+job's retry (RQ's, once its started entry lapses) applies them again; order ids are primary
+keys, so a batch applied twice counts its stock once.
 """
 
 from __future__ import annotations
@@ -32,18 +33,29 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.models import OrderStatus, RejectReason
 from db.orders import Outcome, apply_orders, record_failures
 from db.session import make_engine
-from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, drain_flag_key, gate_key, pending_key
+from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, drain_flag_key, drain_of_job, gate_key, pending_key
 from service.core.lua import load_scripts
 from service.core.redis_clients import sync_redis
 from service.core.settings import get_settings
 from service.core.tracing import context_from, record, trace_engine, tracer, tracing_on
-from service.sale.order_jobs import DRAIN_LEASE_MS, PendingOrder, entry_order_id, parse_entry, queue_drain
+from service.sale.order_jobs import (
+    DRAIN_LEASE_MS,
+    PendingOrder,
+    entry_order_id,
+    order_queue,
+    parse_entry,
+    queue_drain,
+)
 from worker.metrics import JOB_RETRIES, observe_batch
 
 log = logging.getLogger(__name__)
+FAIR_TURN_SECONDS = 0.5
+"""While other draining jobs wait in the queue, a drain hands its lane on to a new job after
+this long (else after half its timeout): fewer workers than busy lanes serve them in turn, so
+no lane waits for another's whole drain."""
 STOPPING = threading.Event()
 """Set when this worker was asked to stop (SIGTERM): a drain finishes the batch in hand and
-hands the rest of the product's orders to a new draining job, for another worker."""
+hands the rest of its lane's orders to a new draining job, for another worker."""
 
 
 @cache
@@ -71,20 +83,18 @@ def _attempt(job: Any) -> int | None:
     return len(job.retry_intervals) - job.retries_left + 1
 
 
-def _read(product_id: int, count: int) -> tuple[str | None, list[bytes]]:
-    """The job the product's flag names, and the first ``count`` pending entries."""
-    with _redis().pipeline(transaction=False) as pipe:
-        pipe.get(drain_flag_key(product_id))
-        pipe.lrange(pending_key(product_id), 0, count - 1)
-        owner, head = pipe.execute()
-    return (owner.decode() if owner is not None else None), head
+def _read_head(product_id: int, lane: int, count: int) -> list[PendingOrder]:
+    """The first ``count`` entries of the lane's pending list, parsed."""
+    head = _redis().lrange(pending_key(product_id, lane), 0, count - 1)
+    return [parse_entry(product_id, raw) for raw in head]
 
 
-def settle(product_id: int, job_id: str, orders: list[tuple[str, int]]) -> tuple[int, int]:
+def settle(product_id: int, lane: int, job_id: str, orders: list[tuple[str, int]]) -> tuple[int, int]:
     """lua/settle.lua, for ``orders`` as (id, units to give back if this call takes the order off
-    the list): (orders taken off, or -1 when another job owns the product; entries left, 0 when
-    the drain ended). With no orders: claim the product (or renew the lease)."""
-    keys = [pending_key(product_id), ADMITTED_KEY, drain_flag_key(product_id), gate_key(product_id)]
+    the list): (orders taken off, or -1 when another job owns the lane; entries left, 0 when
+    the drain ended). With no orders: claim the lane (or renew the lease)."""
+    flag = drain_flag_key(product_id, lane)
+    keys = [pending_key(product_id, lane), ADMITTED_KEY, flag, gate_key(product_id)]
     args = [job_id, DRAIN_LEASE_MS, *(part for order in orders for part in order)]
     settled, left, given_back = _settle_script()(keys=keys, args=args)
     if given_back:
@@ -165,27 +175,29 @@ def _carrier(pending: PendingOrder) -> dict[str, str] | None:
     return {"traceparent": pending.traceparent} if pending.traceparent else None
 
 
-def drain_orders(product_id: int) -> dict:
-    """Apply the product's pending orders in batches until none is left (the drain ends in
-    the step that finds the list empty), this job's time slice is over (half its timeout), or
-    the worker is stopping; then the rest goes to a new draining job. Only the job the
-    product's flag names drains: another (a stale run) returns at once, touching nothing."""
+def drain_orders(product_id: int, lane: int = 0) -> dict:
+    """Apply the pending orders of the product's lane in batches until none is left (the drain
+    ends in the step that finds the list empty), this job's turn is over (half its timeout, or
+    FAIR_TURN_SECONDS while other draining jobs wait), or the worker is stopping; then the rest
+    goes to a new draining job, at the back of the queue. Only the job
+    the lane's flag names drains: another (a stale run) returns at once, touching nothing.
+    (``lane`` defaults to 0: the jobs queued before lanes existed drain lane 0.)"""
     job = get_current_job()
     job_id = job.id if job else ""
     attempt = _attempt(job)
     if attempt and attempt > 1:
         JOB_RETRIES.inc()
-    with _Lease(product_id, job_id):
-        return _drain(product_id, job_id, attempt)
+    with _Lease(product_id, lane, job_id):
+        return _drain(product_id, lane, job_id, attempt)
 
 
 class _Lease:
-    """While a drain runs, a thread of its worker process renews the lease on the product's
-    flag every third of it, however long a batch takes (a lock wait, a slow PostgreSQL): the
-    flag lapses only when the process is gone."""
+    """While a drain runs, a thread of its worker process renews the lease on the lane's flag
+    every third of it, however long a batch takes (a lock wait, a slow PostgreSQL): the flag
+    lapses only when the process is gone."""
 
-    def __init__(self, product_id: int, job_id: str) -> None:
-        self.product_id, self.job_id = product_id, job_id
+    def __init__(self, product_id: int, lane: int, job_id: str) -> None:
+        self.product_id, self.lane, self.job_id = product_id, lane, job_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="drain-lease", daemon=True)
 
@@ -200,12 +212,12 @@ class _Lease:
     def _renew(self) -> None:
         while not self._stop.wait(DRAIN_LEASE_MS / 3000):
             try:
-                _hold_flag(_redis(), self.product_id, self.job_id, DRAIN_LEASE_MS, claim=False)
+                _hold_flag(_redis(), self.product_id, self.lane, self.job_id, DRAIN_LEASE_MS, claim=False)
             except RedisError as exc:  # the next turn, or the next batch's settle, renews it
                 log.debug("lease not renewed", extra={"error": type(exc).__name__})
 
 
-def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
+def _drain(product_id: int, lane: int, job_id: str, attempt: int | None) -> dict:
     """Batches in a pipeline over two threads: while PostgreSQL applies a batch (the main
     thread waits on its socket), a second thread settles the batch before it, counts its
     metrics, and reads and parses the batch behind it. Settles stay in order (one thread,
@@ -217,19 +229,19 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
     size = settings.worker_batch_size
     began = time.monotonic()
     decided = batches = 0
-    settled, left = settle(product_id, job_id, [])  # claim the product: its flag, on a lease
+    settled, left = settle(product_id, lane, job_id, [])  # claim the lane: its flag, on a lease
     if settled < 0 or left == 0:
         return {"decided": 0, "batches": 0, "ended": "not_owner" if settled < 0 else "empty"}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drain-settle") as side:
-        upcoming = side.submit(_read_batch, product_id, size)
+        upcoming = side.submit(_read_batch, product_id, lane, size)
         in_flight: Future | None = None  # the settle of the batch before the one in hand
         while True:
             batch = upcoming.result()
             if batch is None:  # the head moved under the read behind: read it afresh
-                upcoming = side.submit(_read_batch, product_id, size)
+                upcoming = side.submit(_read_batch, product_id, lane, size)
                 continue
             if batch:
-                upcoming = side.submit(_read_batch, product_id, size, batch)
+                upcoming = side.submit(_read_batch, product_id, lane, size, batch)
                 outcomes = _apply_batch(batch, attempt)
                 decided += sum(1 for outcome in outcomes.values() if outcome.applied_now)
                 batches += 1
@@ -237,19 +249,20 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
                 settled, left = in_flight.result()
                 in_flight = None
             elif not batch:
-                settled, left = settle(product_id, job_id, [])  # renew the lease, or end the drain
+                settled, left = settle(product_id, lane, job_id, [])  # renew the lease, or end the drain
             if settled < 0 or (not batch and left == 0):
-                break  # another job owns the product, or the list is empty and the drain ended
+                break  # another job owns the lane, or the list is empty and the drain ended
             if not batch:  # entries came after the last read
-                upcoming = side.submit(_read_batch, product_id, size)
+                upcoming = side.submit(_read_batch, product_id, lane, size)
                 continue
-            in_flight = side.submit(_settle_batch, product_id, job_id, batch, outcomes)
-            if STOPPING.is_set() or time.monotonic() - began > settings.job_timeout_seconds / 2:
+            in_flight = side.submit(_settle_batch, product_id, lane, job_id, batch, outcomes)
+            if STOPPING.is_set() or _turn_over(began, settings.job_timeout_seconds):
                 settled, left = in_flight.result()
                 if settled >= 0 and left > 0:
                     successor = queue_drain(
                         _redis(),
                         product_id,
+                        lane,
                         settings.job_timeout_seconds,
                         settings.job_retry_backoff_seconds,
                         job_id,
@@ -264,31 +277,49 @@ def _drain(product_id: int, job_id: str, attempt: int | None) -> dict:
     return {"decided": decided, "batches": batches, "ended": "not_owner" if settled < 0 else "empty"}
 
 
+def _turn_over(began: float, job_timeout: int) -> bool:
+    """Whether the drain that began at ``began`` should hand its lane on: its time slice (half
+    its timeout) is spent, or its fair turn is and another draining job waits for a worker."""
+    ran = time.monotonic() - began
+    if ran > job_timeout / 2:
+        return True
+    return ran > FAIR_TURN_SECONDS and _redis().llen(_queue_key()) > 0
+
+
+@cache
+def _queue_key() -> str:
+    return order_queue(_redis()).key
+
+
 def _read_batch(
-    product_id: int, size: int, behind: list[PendingOrder] | None = None
+    product_id: int, lane: int, size: int, behind: list[PendingOrder] | None = None
 ) -> list[PendingOrder] | None:
-    """The first ``size`` pending entries, parsed; or the ``size`` behind the batch ``behind``,
-    read with its last entry, as the list is once the settle before that batch has run: None
-    when that entry is not where the batch left it (another job took part of the head)."""
+    """The first ``size`` entries of the lane, parsed; or the ``size`` behind the batch
+    ``behind``, read with its last entry, as the list is once the settle before that batch has
+    run: None when that entry is not where the batch left it (another job took part of the head)."""
     if behind is None:
-        return [parse_entry(product_id, raw) for raw in _redis().lrange(pending_key(product_id), 0, size - 1)]
+        return _read_head(product_id, lane, size)
     last = len(behind) - 1
-    raw = _redis().lrange(pending_key(product_id), last, last + size)
+    raw = _redis().lrange(pending_key(product_id, lane), last, last + size)
     if not raw or entry_order_id(raw[0]) != str(behind[-1].order.order_id):
         return None
     return [parse_entry(product_id, entry) for entry in raw[1:]]
 
 
-def _settle_batch(product_id: int, job_id: str, batch: list[PendingOrder], outcomes: dict) -> tuple[int, int]:
+def _settle_batch(
+    product_id: int, lane: int, job_id: str, batch: list[PendingOrder], outcomes: dict
+) -> tuple[int, int]:
     """After the batch's commit: count it, then take it off the list (``settle``'s answer)."""
     observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
-    return settle(product_id, job_id, _settlement(batch, outcomes))
+    return settle(product_id, lane, job_id, _settlement(batch, outcomes))
 
 
-def _hold_flag(redis: Redis, product_id: int, job_id: str, lease_ms: int | None, claim: bool) -> bool:
-    """Hold the product's flag for ``job_id`` for ``lease_ms`` (None: with no TTL) while it names
-    that job, or names none and ``claim``; False when another job owns the product."""
-    flag = drain_flag_key(product_id)
+def _hold_flag(
+    redis: Redis, product_id: int, lane: int, job_id: str, lease_ms: int | None, claim: bool
+) -> bool:
+    """Hold the lane's flag for ``job_id`` for ``lease_ms`` (None: with no TTL) while it names
+    that job, or names none and ``claim``; False when another job owns the lane."""
+    flag = drain_flag_key(product_id, lane)
     with redis.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(flag)
@@ -305,37 +336,36 @@ def _hold_flag(redis: Redis, product_id: int, job_id: str, lease_ms: int | None,
 
 def drain_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
     """RQ failure callback: on the last failure, reject the batch in hand as failed, give its
-    units back and hand the rest of the product's orders to a new draining job; or, when
+    units back and hand the rest of its lane's orders to a new draining job; or, when
     PostgreSQL cannot take the rejections, leave every order undecided.
 
     RQ calls this on every failure, retried or not (also for jobs of workers that died), so it
     acts only once no retry is left. An order is reported terminal only once its row exists:
     without one it stays pending and in ``fs:admitted`` (``queued`` to its buyer, its units
     held, counted by the reconciler), and the job waits in RQ's failed registry, still named
-    by the product's flag, a dead letter, until the stranded-order sweep or ``flashsale
+    by its lane's flag, a dead letter, until the stranded-order sweep or ``flashsale
     orders requeue`` runs it again (worker/dead_letters.py).
     """
-    (product_id,) = job.args
+    product_id, lane = drain_of_job(job.id) or (*job.args, 0)[:2]
     if job.retries_left:
-        # It waits for its retry in RQ's hands: it keeps the product for one more lease, so that
-        # a retry far off (5, 10, 30 s…) does not hold up the product once PostgreSQL is back:
+        # It waits for its retry in RQ's hands: it keeps the lane for one more lease, so that
+        # a retry far off (5, 10, 30 s…) does not hold up the lane once PostgreSQL is back:
         # the flag lapses and the next admission queues a fresh draining job.
-        _hold_flag(connection, product_id, job.id, DRAIN_LEASE_MS, claim=False)
+        _hold_flag(connection, product_id, lane, job.id, DRAIN_LEASE_MS, claim=False)
         return
     settings = get_settings()
-    if not _hold_flag(connection, product_id, job.id, DRAIN_LEASE_MS, claim=True):
-        return  # another draining job owns the product (and these orders)
-    _, head = _read(product_id, settings.worker_batch_size)
-    if not head:
-        settle(product_id, job.id, [])  # nothing waits: the drain ends
+    if not _hold_flag(connection, product_id, lane, job.id, DRAIN_LEASE_MS, claim=True):
+        return  # another draining job owns the lane (and these orders)
+    batch = _read_head(product_id, lane, settings.worker_batch_size)
+    if not batch:
+        settle(product_id, lane, job.id, [])  # nothing waits: the drain ends
         return
-    batch = [parse_entry(product_id, raw) for raw in head]
-    facts = {"product_id": product_id, "orders": len(batch), "error": repr(exc_value)}
-    with _Lease(product_id, job.id):  # however long PostgreSQL takes, the product stays this job's
+    facts = {"product_id": product_id, "lane": lane, "orders": len(batch), "error": repr(exc_value)}
+    with _Lease(product_id, lane, job.id):  # however long PostgreSQL takes, the lane stays this job's
         try:
             outcomes = record_failures(engine(), [pending.order for pending in batch])
         except SQLAlchemyError as exc:
-            _hold_flag(connection, product_id, job.id, None, claim=True)  # a dead letter keeps the product
+            _hold_flag(connection, product_id, lane, job.id, None, claim=True)  # a dead letter keeps the lane
             log.error(
                 "draining job gave up; its orders wait, undecided, for PostgreSQL",
                 extra=facts | {"cause": repr(exc)},
@@ -345,8 +375,13 @@ def drain_failed(job: Any, connection: Redis, exc_type: Any, exc_value: Any, tra
         observe_batch({p.order.order_id: p.order for p in batch}, outcomes)
         # One step: the reconciler counts the units as held until the orders leave the list, so
         # they come back with the entries, not a moment later (nor twice, nor never).
-        settled, left = settle(product_id, job.id, _settlement(batch, outcomes))
+        settled, left = settle(product_id, lane, job.id, _settlement(batch, outcomes))
     if settled >= 0 and left > 0:
         queue_drain(
-            connection, product_id, settings.job_timeout_seconds, settings.job_retry_backoff_seconds, job.id
+            connection,
+            product_id,
+            lane,
+            settings.job_timeout_seconds,
+            settings.job_retry_backoff_seconds,
+            job.id,
         )

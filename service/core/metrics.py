@@ -49,8 +49,8 @@ SOLD_OUT_LATCH_ANSWERS = Counter(
 )
 QUEUE_WAITING = Gauge(
     "flashsale_queue_depth",
-    "Draining jobs waiting in RQ's queue (one per product with orders waiting and no running "
-    "drain), sampled from Redis by each API pod.",
+    "Draining jobs waiting in RQ's queue (one per lane of a product with orders waiting and no "
+    "running drain), sampled from Redis by each API pod.",
     ["queue"],
 )
 QUEUE_RUNNING = Gauge(
@@ -60,7 +60,7 @@ QUEUE_RUNNING = Gauge(
 )
 QUEUE_BACKLOG = Gauge(
     "flashsale_queue_backlog",
-    "Waiting plus running draining jobs (at most one per product: the orders are "
+    "Waiting plus running draining jobs (at most one per lane of a product: the orders are "
     "flashsale_orders_undecided, which worker autoscaling follows).",
     ["queue"],
 )

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from db.session import DEFAULT_DATABASE_URL, psycopg2_url
+from service.core.keys import MAX_DRAIN_LANES
 from service.core.policies import (
     DEFAULT_IPV6_PREFIX,
     Policies,
@@ -100,7 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Level of the one line each request writes (below FLASHSALE_LOG_LEVEL: not written, so
     by default a sale's hot path formats no line per request)."""
     job_timeout_seconds: int = 10
-    """Longest one draining job may run (it hands the rest of its product's orders to a new job
+    """Longest one draining job may run (it hands the rest of its lane's orders to a new job
     after half of it); a worker silent for longer is presumed dead."""
     job_retry_backoff_seconds: tuple[int, ...] = DEFAULT_JOB_RETRY_BACKOFF_SECONDS
     """Waits before each retry of a failed draining job (each drawn from 50-150 % of itself), one
@@ -112,6 +113,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds between reconciler passes over the stock gates (one worker at a time)."""
     worker_batch_size: int = 1024
     """Most orders of one product a worker applies in one transaction."""
+    drain_lanes: int = 4
+    """Lanes a product's admitted orders are split over, each drained by its own job: how many
+    workers can apply one hot product side by side (at most MAX_DRAIN_LANES)."""
     worker_metrics_port: int | None = None
     """Where a worker serves its Prometheus /metrics; unset, it serves none."""
     worker_heartbeat_file: Path | None = None
@@ -146,6 +150,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _drain_lanes(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= MAX_DRAIN_LANES:
+        raise ValueError(f"must be a whole number from 1 to {MAX_DRAIN_LANES}")
     return value
 
 
@@ -284,6 +295,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "worker_maintenance_interval": _positive_int,
     "reconcile_interval_seconds": _positive_int,
     "worker_batch_size": _positive_int,
+    "drain_lanes": _drain_lanes,
     "worker_metrics_port": _port,
     "worker_heartbeat_file": Path,
     "lua_dir": _directory,

@@ -27,7 +27,7 @@ from service.core.keys import (
 from service.core.tracing import record, trace_carrier, tracer, tracing_on
 from service.limiter.identity import ClientIdentity
 from service.limiter.ratelimit import Plan, Verdict
-from service.sale.order_jobs import order_entry
+from service.sale.order_jobs import lane_of, order_entry
 from service.sale.resources import Resources
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -108,17 +108,18 @@ async def _run_admit_script(
 ) -> Admission:
     product_id, quantity = order.product_id, order.quantity
     order_id = str(order.order_id)
+    lane = lane_of(order_id, resources.settings.drain_lanes)
     traceparent = trace_carrier().get("traceparent") if tracing_on() else None
     keys = [
         gate_key(product_id),
         idempotency_record_key(_customer_digest(client, idempotency_key or "")),
-        drain_job_key(product_id, order_id),
+        drain_job_key(product_id, order_id, lane),
         resources.queue.key,
         sale_key(product_id),
         purchases_key(product_id, _customer_digest(client)),
         ADMITTED_KEY,
-        pending_key(product_id),
-        drain_flag_key(product_id),
+        pending_key(product_id, lane),
+        drain_flag_key(product_id, lane),
         *(plan.keys if plan else ()),
     ]
     clock, *limit_args = resources.limiter.arguments(plan)
@@ -126,14 +127,14 @@ async def _run_admit_script(
         clock,
         quantity,
         order_id,
-        drain_job_id(product_id, order_id),
+        drain_job_id(product_id, order_id, lane),
         request_fingerprint(product_id, quantity) if idempotency_key else "",
         IDEMPOTENCY_TTL_SECONDS,
         PURCHASES_TTL_SECONDS,
         len(plan.keys) if plan else 0,
         *limit_args,
         order_entry(order, traceparent),
-        *resources.job_fields.for_product(product_id, order.admitted_at),
+        *resources.job_fields.for_lane(product_id, lane, order.admitted_at),
     ]
     reply = await resources.admit_script(keys=keys, args=args, tail=resources.job_fields.constant)
     decision = Decision(int(reply[0]))

@@ -1,13 +1,15 @@
-"""The ``orders`` queue: a product's pending orders and the draining job that applies them,
+"""The ``orders`` queue: a product's pending orders and the draining jobs that apply them,
 written by the API (admit.lua) and read by the workers (``worker.jobs``); both import their
 format from here, neither from the other.
 
-An admitted order is one compact entry on its product's pending list
-(``fs:{p:<id>}:pending``): ``<order id> <quantity> <admitted µs> <client id>[ <traceparent>]``.
-RQ holds one job per product with orders waiting, not one per order: the draining job
-(``drain-<product id>-<suffix>``, named by the product's flag ``fs:{p:<id>}:drain``) that
-applies the list in batches until it is empty. A finished draining job leaves nothing in
-Redis (``result_ttl`` 0); a decided order leaves nothing either (its row is the record).
+An admitted order is one compact entry on one of its product's pending lists, its lane
+(``fs:{p:<id>}:pending`` for lane 0, ``…:pending:<lane>`` for the others, the lane drawn from
+the order id among FLASHSALE_DRAIN_LANES): ``<order id> <quantity> <admitted µs> <client
+id>[ <traceparent>]``. RQ holds one job per lane with orders waiting, not one per order: the
+draining job (``drain-<product id>[_<lane>]-<suffix>``, named by the lane's flag
+``fs:{p:<id>}:drain[:<lane>]``) that applies the list in batches until it is empty; the lanes
+of a hot product drain side by side on as many workers. A finished draining job leaves nothing
+in Redis (``result_ttl`` 0); a decided order leaves nothing either (its row is the record).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ RESULT_TTL_SECONDS = 0
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 """A draining job that gave up stays in RQ's failed registry (the dead-letter queue) this long."""
 DRAIN_LEASE_MS = 1_500
-"""A running drain holds its product's flag on this lease, renewed every third of it by a
+"""A running drain holds its lane's flag on this lease, renewed every third of it by a
 thread of its worker process (and at every batch): the flag of a drain whose worker died
 lapses this soon, and the next admission, or the next stranded-order sweep, queues a new
 draining job (RQ's own recovery of the dead job takes the job timeout + 5 s)."""
@@ -88,7 +90,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True, slots=True)
 class PendingOrder:
-    """One entry of a product's pending list: the order and the trace its admission began."""
+    """One entry of a lane's pending list: the order and the trace its admission began."""
 
     order: AdmittedOrder
     traceparent: str | None = None
@@ -123,8 +125,18 @@ def entry_admitted_seconds(raw: bytes) -> float:
 # The draining job
 
 
-def _description(product_id: int) -> str:
-    return f"drain product {product_id}"
+def lane_of(order_id: str, lanes: int) -> int:
+    """The lane an order waits in: its (random) id spreads a product's orders evenly."""
+    return int(order_id[:8], 16) % lanes
+
+
+def drain_args(product_id: int, lane: int) -> list[int]:
+    """A draining job's arguments: lane 0's are those of the jobs from before lanes existed."""
+    return [product_id, lane] if lane else [product_id]
+
+
+def _description(product_id: int, lane: int = 0) -> str:
+    return f"drain product {product_id}" + (f" lane {lane}" if lane else "")
 
 
 class DrainJobFields:
@@ -157,14 +169,15 @@ class DrainJobFields:
         )
         """The fields every draining job shares, encoded once: the call appends them as they are."""
         self._serializer = queue.serializer
-        self._data: dict[int, bytes] = {}
+        self._data: dict[tuple[int, int], bytes] = {}
         self._retry_intervals = [json.dumps(jittered_backoff(retry_backoff)) for _ in range(JITTER_DRAWS)]
 
-    def for_product(self, product_id: int, at: datetime) -> list[str | bytes]:
-        """The fields of a draining job of ``product_id`` queued ``at`` but the ``constant`` ones."""
-        data = self._data.get(product_id)
+    def for_lane(self, product_id: int, lane: int, at: datetime) -> list[str | bytes]:
+        """The fields of a draining job of the product's lane queued ``at`` but the ``constant`` ones."""
+        data = self._data.get((product_id, lane))
         if data is None:
-            data = self._data[product_id] = self._serializer.dumps((JOB_FUNCTION, None, [product_id], {}))
+            call = (JOB_FUNCTION, None, drain_args(product_id, lane), {})
+            data = self._data[(product_id, lane)] = self._serializer.dumps(call)
         # What rq.utils.utcformat writes, without its strftime.
         stamp = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
         return [
@@ -175,7 +188,7 @@ class DrainJobFields:
             "enqueued_at",
             stamp,
             "description",
-            _description(product_id),
+            _description(product_id, lane),
             "retry_intervals",
             random.choice(self._retry_intervals),
         ]
@@ -184,16 +197,17 @@ class DrainJobFields:
 def queue_drain(
     redis: Redis,
     product_id: int,
+    lane: int,
     job_timeout: int,
     retry_backoff: Sequence[int],
     replacing: str | None,
 ) -> str | None:
-    """Queue a new draining job of ``product_id`` through RQ's own enqueue and name it in the
-    product's flag, in one transaction, provided the flag still names ``replacing`` (None: no
+    """Queue a new draining job of the product's lane through RQ's own enqueue and name it in
+    the lane's flag, in one transaction, provided the flag still names ``replacing`` (None: no
     job). Returns the new job's id, or None when the flag had moved on (another drain owns
-    the product: nothing is queued)."""
-    flag = drain_flag_key(product_id)
-    job_id = drain_job_id(product_id, uuid.uuid4().hex)
+    the lane: nothing is queued)."""
+    flag = drain_flag_key(product_id, lane)
+    job_id = drain_job_id(product_id, uuid.uuid4().hex, lane)
     queue = order_queue(redis)
     with redis.pipeline(transaction=True) as pipe:
         try:
@@ -204,10 +218,10 @@ def queue_drain(
             pipe.multi()
             queue.enqueue_call(
                 JOB_FUNCTION,
-                args=[product_id],
+                args=drain_args(product_id, lane),
                 job_id=job_id,
                 timeout=job_timeout,
-                description=_description(product_id),
+                description=_description(product_id, lane),
                 pipeline=pipe,
                 **job_options(jittered_backoff(retry_backoff)),
             )

@@ -5,9 +5,9 @@
 An order holds its units from its admission until its decision has put them where they
 belong: in the database's stock count (confirmed), nowhere (rejected as sold out: the gate
 had promised units the database did not have), or back in the gate (rejected as failed).
-Its product's pending list holds its entry (product, quantity) until that moment, whatever
-its draining job is doing (queued, popped, running, waiting for a retry, dead-lettered, or
-gone), so the count comes from the pending lists, never from RQ's; ``fs:admitted`` (the
+One of its product's pending lists (its lane) holds its entry (product, quantity) until that
+moment, whatever its draining job is doing (queued, popped, running, waiting for a retry,
+dead-lettered, or gone), so the count comes from the pending lists, never from RQ's; ``fs:admitted`` (the
 same orders by id) tells whether an entry is missing.
 
 Drift comes from a gate rebuilt while orders were in flight, orders the database rejected as
@@ -40,7 +40,7 @@ from sqlmodel import Session, select
 
 from db.models import OrderStatus, Product, RejectReason
 from db.orders import DECIDED_AMONG
-from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, gate_key, pending_key
+from service.core.keys import ADMITTED_KEY, GATE_CHANNEL, gate_key, pending_keys
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,16 @@ class Admitted:
 
 
 def _admitted_orders(redis: Redis, product_ids: list[int]) -> Admitted:
-    """Every product's pending entries and ``fs:admitted``, in one MULTI (one instant)."""
+    """The pending entries of every lane of every product, and ``fs:admitted``, in one MULTI
+    (one instant)."""
+    lists = [(product_id, key) for product_id in product_ids for key in pending_keys(product_id)]
     with redis.pipeline(transaction=True) as pipe:
         pipe.zrange(ADMITTED_KEY, 0, -1)
-        for product_id in product_ids:
-            pipe.lrange(pending_key(product_id), 0, -1)
-        admitted, *lists = pipe.execute()
+        for _, key in lists:
+            pipe.lrange(key, 0, -1)
+        admitted, *entry_lists = pipe.execute()
     orders = {}
-    for product_id, entries in zip(product_ids, lists, strict=True):
+    for (product_id, _), entries in zip(lists, entry_lists, strict=True):
         for raw in entries:
             order_id, quantity, _ = raw.split(b" ", 2)  # an entry: id, quantity, then the rest
             orders[order_id.decode()] = (product_id, int(quantity))

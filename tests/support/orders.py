@@ -9,7 +9,7 @@ from redis import Redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from service.cli.dev_servers import wait_until
-from service.core.keys import ADMITTED_KEY, drain_flag_key, pending_key
+from service.core.keys import ADMITTED_KEY, drain_flag_keys, pending_keys
 from service.sale.order_jobs import entry_order_id, order_queue
 
 TERMINAL = {"confirmed", "rejected"}
@@ -41,10 +41,9 @@ def wait_all_terminal(url: str, order_ids: list[str], timeout: float = 60) -> di
 
 def rq_whereabouts(redis: Redis, order_ids: list[str], product_id: int = 1) -> dict:
     """How many of these orders are still admitted and pending, and where RQ keeps the
-    product's draining job (for failure messages)."""
+    draining jobs of the product's lanes (for failure messages)."""
     queue = order_queue(redis)
-    flag = redis.get(drain_flag_key(product_id))
-    job_id = flag.decode() if flag is not None else None
+    drains = {flag.decode() for flag in redis.mget(drain_flag_keys(product_id)) if flag is not None}
     places = {
         "queued": set(queue.get_job_ids()),
         "intermediate": set(queue.intermediate_queue.get_job_ids()),
@@ -53,11 +52,11 @@ def rq_whereabouts(redis: Redis, order_ids: list[str], product_id: int = 1) -> d
         "failed": set(FailedJobRegistry(queue=queue).get_job_ids(cleanup=False)),
     }
     wanted = set(order_ids)
-    pending = {entry_order_id(raw) for raw in redis.lrange(pending_key(product_id), 0, -1)}
+    pending = {entry_order_id(raw) for key in pending_keys(product_id) for raw in redis.lrange(key, 0, -1)}
     return {
         "admitted": len(wanted & {member.decode() for member in redis.zrange(ADMITTED_KEY, 0, -1)}),
         "pending": len(wanted & pending),
-        "drain": job_id,
-        "drain_in": [place for place, ids in places.items() if job_id in ids],
+        "drains": sorted(drains),
+        "drains_in": {job_id: [place for place, ids in places.items() if job_id in ids] for job_id in drains},
         "locks": sorted(key.decode() for key in redis.keys("rq:*lock*")),
     }
