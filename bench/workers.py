@@ -1,12 +1,12 @@
 """Confirmed orders per second for 1, 2 and 4 workers, every order for one hot product.
 
-    python -m bench.workers [--orders 20000] [--runs 5] [--appendfsync everysec]
+    python -m bench.workers [--orders 20000] [--lanes 4] [--runs 5] [--appendfsync everysec]
 
-Orders are admitted first (through lua/admit.lua, as the API does: each on the product's
-pending list, and one draining job for the product), then the workers start with the queue
-suspended (``rq suspend``), and once every one of them has registered the queue resumes:
-the worker that takes the draining job applies the list in batches of
-FLASHSALE_WORKER_BATCH_SIZE while the others wait for work, as they would on sale day. Two
+Orders are admitted first (through lua/admit.lua, as the API does: each on one of the
+product's FLASHSALE_DRAIN_LANES pending lists, and one draining job per lane), their jobs held
+off the queue; then the workers start, and once every one of them waits for work the jobs go
+back on the queue: each worker takes a lane's job and applies its list in batches of
+FLASHSALE_WORKER_BATCH_SIZE, as they would on sale day. Two
 figures: **confirmed/s**, orders over the span of their ``decided_at`` in PostgreSQL (what
 buyers see: an order is confirmed for ``GET /orders`` once its batch commits), and
 **orders/s to the end**, orders from the first decision to the drain's end (the product's
@@ -27,7 +27,6 @@ import time
 from datetime import UTC, datetime
 
 from redis import Redis
-from rq.suspension import resume, suspend
 from rq.worker import Worker
 from sqlalchemy import text
 
@@ -42,7 +41,9 @@ from bench.system import (
 from bench.verdict import AT_LEAST, Target, Verdict, add_options
 from db.migrate import migrate
 from db.session import make_engine
-from service.core.keys import drain_flag_key, pending_key
+from service.core.keys import drain_flag_keys, pending_keys
+from service.core.settings import settings_from_env
+from service.sale.order_jobs import order_queue
 from service.sale.stock_gate import seed
 
 WORKERS = (1, 2, 4)
@@ -59,29 +60,27 @@ TARGETS = (
 )
 
 
-def drain_rates(redis_url: str, database_url: str, workers: int, orders: int) -> tuple[int, int]:
-    """(confirmed orders/s, orders/s to the drain's end): ``workers`` workers, ``orders`` orders."""
-    engine = make_engine(database_url, pool_size=1)
-    redis = Redis.from_url(redis_url)
+def drain_rates(env: dict[str, str], workers: int, orders: int) -> tuple[int, int]:
+    """(confirmed orders/s, orders/s to the drains' end): ``workers`` workers, ``orders`` orders,
+    on the servers and with the lanes ``env`` names."""
+    engine = make_engine(env["FLASHSALE_DATABASE_URL"], pool_size=1)
+    redis = Redis.from_url(env["FLASHSALE_REDIS_URL"])
     redis.flushall()
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE orders"))
     seed(engine, redis, stock=orders * 10)
-    admit_in_process({"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": database_url}, orders)
-    env = {
-        **os.environ,
-        "FLASHSALE_REDIS_URL": redis_url,
-        "FLASHSALE_DATABASE_URL": database_url,
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-    }
-    suspend(redis)
+    admit_in_process(env, orders)
+    worker_env = {**os.environ, **env, "FLASHSALE_LOG_LEVEL": "WARNING"}
+    queue = order_queue(redis)
+    held = _hold_jobs(redis, queue)
     processes = [
-        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env) for _ in range(workers)
+        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=worker_env)
+        for _ in range(workers)
     ]
     try:
-        _wait_for(lambda: Worker.count(connection=redis) == workers, f"{workers} workers registered")
-        resume(redis)
-        _wait_for(lambda: not redis.exists(pending_key(1), drain_flag_key(1)), "the drain's end")
+        _wait_for(lambda: _idle(queue) == workers, f"{workers} workers waiting for work")
+        redis.rpush(queue.key, *held)  # wakes the waiting workers at once, one job each
+        _wait_for(lambda: not redis.exists(*pending_keys(1), *drain_flag_keys(1)), "the drains' end")
         drained = datetime.now(UTC)
     finally:
         for process in processes:
@@ -98,6 +97,22 @@ def drain_rates(redis_url: str, database_url: str, workers: int, orders: int) ->
         raise SystemExit(f"only {confirmed} of {orders} orders confirmed")
     confirmed_rate = orders / max((last - first).total_seconds(), 1e-3)
     return round(confirmed_rate), round(orders / (drained - first).total_seconds())
+
+
+def _hold_jobs(redis: Redis, queue) -> list[bytes]:
+    """Take the draining jobs admit.lua queued off the queue (their hashes stay): given back
+    once every worker waits in its blocking pop, they start together. (``rq suspend`` would
+    hold them too, but a suspended worker looks again only once a second: the drains of
+    20,000 orders take about as long.)"""
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.lrange(queue.key, 0, -1)
+        pipe.delete(queue.key)
+        held, _ = pipe.execute()
+    return held
+
+
+def _idle(queue) -> int:
+    return sum(worker.get_state() == "idle" for worker in Worker.all(queue=queue))
 
 
 def _wait_for(condition, what: str, timeout: float = 300) -> None:
@@ -131,6 +146,12 @@ def judge(runs: list[dict[int, dict]], where: str, verdict: Verdict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=settings_from_env({}).drain_lanes,
+        help="FLASHSALE_DRAIN_LANES: how many lanes the product's orders are split over",
+    )
     parser.add_argument("--runs", type=int, default=5, help="how many times 1, 2 and 4 workers drain")
     parser.add_argument("--appendfsync", choices=APPENDFSYNC, default="everysec", help="Redis's AOF policy")
     add_options(parser)
@@ -142,17 +163,22 @@ def main(argv: list[str] | None = None) -> int:
         with Redis.from_url(redis_server.url) as redis:
             durability = read_durability(redis, engine)
         engine.dispose()
-        print(f"one hot product, {args.orders:,} orders ({run_with(durability)})")
+        print(f"one hot product, {args.orders:,} orders in {args.lanes} lanes ({run_with(durability)})")
         print(f"{'run':>4} {'workers':>8} {'confirmed/s':>12} {'orders/s to the end':>21}")
         runs = []
         for n in range(1, args.runs + 1):
             runs.append({})
             for workers in WORKERS:
-                confirmed, to_end = drain_rates(redis_server.url, postgres_server.url, workers, args.orders)
+                env = {
+                    "FLASHSALE_REDIS_URL": redis_server.url,
+                    "FLASHSALE_DATABASE_URL": postgres_server.url,
+                    "FLASHSALE_DRAIN_LANES": str(args.lanes),
+                }
+                confirmed, to_end = drain_rates(env, workers, args.orders)
                 runs[-1][workers] = {"confirmed_per_second": confirmed, "orders_per_second_to_end": to_end}
                 print(f"{n:>4} {workers:>8} {confirmed:>12,} {to_end:>21,}")
     judge(runs, run_with(durability), verdict)
-    figures = {"orders": args.orders, "durability": durability, "runs": runs}
+    figures = {"orders": args.orders, "lanes": args.lanes, "durability": durability, "runs": runs}
     return verdict.finish(figures, args.publish)
 
 
