@@ -60,9 +60,14 @@ def _remaining(response) -> int:
     return http_sf.parse(response.headers["ratelimit"].encode(), tltype="list")[0][1]["r"]
 
 
+NOT_OPEN = {"product_id": 2}
+"""A product whose sale opens in an hour: admit.lua answers "not open" before it reads a gate.
+Its own product, so that its latch ("not open yet", in memory) holds no answer for product 1."""
+
+
 def _not_open(redis):
-    redis.hset(sale_key(1), "opens_ms", int((time.time() + 3600) * 1000))
-    return lambda: redis.hdel(sale_key(1), "opens_ms")
+    redis.hset(sale_key(2), "opens_ms", int((time.time() + 3600) * 1000))
+    return lambda: redis.delete(sale_key(2))
 
 
 def _sold_out(redis):
@@ -71,10 +76,11 @@ def _sold_out(redis):
 
 
 # refusal -> (sets it up and returns its undoing, request body, asks with a fresh Idempotency-Key)
-# A sold-out product is latched after its first 409: fresh keys make admit.lua decide each one,
-# and keep the latch (cleared by a message that arrives when it arrives) out of the way after.
+# A sold-out or not-yet-open product is latched after its first 409: fresh keys make admit.lua
+# decide each one, and keep the latch (cleared by a message that arrives when it arrives) out of
+# the way after.
 REFUSALS = {
-    "sale-not-open": (_not_open, {}, False),
+    "sale-not-open": (_not_open, NOT_OPEN, True),
     "insufficient-stock": (lambda redis: lambda: None, {"quantity": 100}, False),
     "sold-out": (_sold_out, {}, True),
 }
@@ -142,7 +148,7 @@ def _answers(url: str, redis: Redis) -> list[tuple]:
         _buy(url, ip, {"quantity": 2}, key=key),  # 422 idempotency-key-reused
     ]
     undo = _not_open(redis)
-    answers.append(_buy(url, ip))  # 409 sale-not-open
+    answers.append(_buy(url, ip, NOT_OPEN))  # 409 sale-not-open, from admit.lua
     undo()
     answers += [_buy(url, "192.0.2.2") for _ in range(6)]  # 202 x 5, 429
     undo = _sold_out(redis)

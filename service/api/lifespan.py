@@ -19,9 +19,9 @@ from service.core.redis_clients import check_no_eviction_async
 from service.core.settings import Settings
 from service.limiter.operations import follow_limit_resets
 from service.limiter.policy_watch import PolicyWatcher, watch_policies
+from service.sale.latches import follow_gate_changes
 from service.sale.queue_gauges import sample_queue
 from service.sale.resources import Resources, close_resources, open_resources
-from service.sale.sold_out import follow_gate_changes
 from service.sale.stats import OUTCOME_COUNTS, flush_forever
 
 TASKS_STOP_SECONDS = 5.0
@@ -41,7 +41,9 @@ def resources_lifespan(settings: Settings):
         with suppress_instrumentation():
             await check_no_eviction_async(resources.redis)
             tasks = [
-                asyncio.create_task(follow_gate_changes(resources.redis, resources.sold_out)),
+                asyncio.create_task(
+                    follow_gate_changes(resources.redis, resources.sold_out, resources.not_open)
+                ),
                 asyncio.create_task(sample_queue(resources.redis, queue)),
                 asyncio.create_task(flush_forever(resources.redis)),
                 asyncio.create_task(follow_limit_resets(resources.redis, resources.limiter)),

@@ -47,6 +47,10 @@ SOLD_OUT_LATCH_ANSWERS = Counter(
     "flashsale_sold_out_latch_answers",
     "409 sold-out answers given from the latch, without a Redis call.",
 )
+NOT_OPEN_LATCH_ANSWERS = Counter(
+    "flashsale_not_open_latch_answers",
+    "409 sale-not-open answers given from the latch before a sale opens, without a Redis call.",
+)
 QUEUE_WAITING = Gauge(
     "flashsale_queue_depth",
     "Draining jobs waiting in RQ's queue (one per lane of a product with orders waiting and no "

@@ -59,6 +59,8 @@ class Admission:
     """Units left in the gate; for the sale outcomes, opens/closes (ms) or units still allowed."""
     verdict: Verdict | None = None
     """The rate-limit part, when the limits were checked in the same call."""
+    now_us: int = 0
+    """admit.lua's time of the decision (Redis's clock, or the app clock), µs since the epoch."""
 
 
 def _customer_digest(client: ClientIdentity, extra: str = "") -> str:
@@ -137,12 +139,12 @@ async def _run_admit_script(
         *resources.job_fields.for_lane(product_id, lane, order.admitted_at),
     ]
     reply = await resources.admit_script(keys=keys, args=args, tail=resources.job_fields.constant)
-    decision = Decision(int(reply[0]))
+    decision, now_us = Decision(int(reply[0])), int(reply[1])
     verdict = None
     if plan is not None:  # every reply reports the buckets, a replay's too
         verdict = resources.limiter.conclude(plan, decision is not Decision.LIMITED, reply[3:])
     if decision in (Decision.REPLAY, Decision.KEY_REUSED):
-        return Admission(decision, order_id=str(reply[2]), verdict=verdict)
+        return Admission(decision, order_id=str(reply[2]), verdict=verdict, now_us=now_us)
     if decision is Decision.ADMITTED:
-        return Admission(decision, order_id=order_id, left=int(reply[2]), verdict=verdict)
-    return Admission(decision, left=int(reply[2]), verdict=verdict)
+        return Admission(decision, order_id=order_id, left=int(reply[2]), verdict=verdict, now_us=now_us)
+    return Admission(decision, left=int(reply[2]), verdict=verdict, now_us=now_us)

@@ -109,6 +109,7 @@ def _refusal(admission: Admission, product_id: int, resources: Resources) -> Ref
         case Decision.CUSTOMER_LIMIT:
             return PurchaseLimit(product_id, left, verdict)
         case Decision.NOT_OPEN:
+            resources.not_open.latch(product_id, left, admission.now_us)
             return SaleNotOpen(product_id, left, verdict)
         case Decision.NOT_ENOUGH_STOCK if left == 0:
             resources.sold_out.latch(product_id)
@@ -130,7 +131,7 @@ async def decide_buy(
 
     The answers from memory come first, whichever Redis holds the buckets: a client known to be
     over its limit (a ``RateLimited`` whose verdict is ``cached``), then a product latched sold
-    out, cost no Redis call and no token. A request with an Idempotency-Key may be a retry of
+    out or not open yet, cost no Redis call and no token. A request with an Idempotency-Key may be a retry of
     one already admitted: only admit.lua, which answers replays first, may answer it (never a
     memory short-cut)."""
     key = idempotency_key_of(idempotency_key_header)
@@ -141,6 +142,8 @@ async def decide_buy(
             raise RateLimited(cached)
         if resources.sold_out.is_sold_out(product_id):
             raise SoldOut(product_id)
+        if (opens_at_ms := resources.not_open.opens_at_ms(product_id)) is not None:
+            raise SaleNotOpen(product_id, opens_at_ms)
     if limiter.shares_main_redis or plan is None:
         # The limits (if any) are checked, and charged only on a yes, inside the admission call.
         admission = await _admit_once_rebuilding_the_gate(resources, client, product_id, quantity, key, plan)

@@ -17,8 +17,8 @@ from service.core.lua import load_scripts, script_source
 from service.core.redis_clients import limiter_redis, main_redis, queue_redis
 from service.core.settings import Settings
 from service.limiter.ratelimit import Limiter
+from service.sale.latches import NotOpenLatch, SoldOutLatch
 from service.sale.order_jobs import DrainJobFields, order_queue
-from service.sale.sold_out import SoldOutLatch
 
 
 class Resources:
@@ -45,6 +45,7 @@ class Resources:
             queue, settings.job_timeout_seconds, settings.job_retry_backoff_seconds
         )
         self.sold_out = SoldOutLatch()
+        self.not_open = NotOpenLatch()
         self.engine = engine
         self.ready = True
         """False once the process is shutting down (readiness answers 503)."""
