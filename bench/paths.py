@@ -15,6 +15,9 @@ times over; the median of the three rounds is reported:
              before a drop (reported, no target)
   admit      POST /buy with stock to spare, 200,000 clients (202, one admit.lua call each),
              with Redis's appendfsync everysec, then always (the same processes)
+  admit_apart  the admit path again on two fresh API processes whose buckets live on a Redis
+             of their own (FLASHSALE_LIMITER_REDIS_URL; AOF everysec on both): how a request's
+             Redis CPU splits between the main Redis and the limiter (reported, no target)
 
 For the capacity model (docs/performance.md) each measurement also records, per request, the
 CPU time of the API processes, of Redis and of wrk (from /proc, INFO cpu and this process's
@@ -37,7 +40,9 @@ import resource
 import sys
 import time
 
-from bench.system import SLOW_BUCKETS, BenchSystem, run_with, running_system, spend_bucket
+from redis import Redis
+
+from bench.system import SLOW_BUCKETS, BenchSystem, durable_redis, run_with, running_system, spend_bucket
 from bench.verdict import AT_LEAST, AT_MOST, EXACTLY, Target, Verdict, add_options
 from bench.wrk import run_wrk
 from service.core.keys import sale_key
@@ -63,6 +68,15 @@ TARGETS = (
     Target("admit.ratio", "admit path: req/s ÷ floor", AT_LEAST, 0.5, "#17"),
     Target("admit.p99", "admit path: p99 ms", AT_MOST, 20, "#17"),
     Target("admit.other", "admit path: answers other than 202, socket errors", EXACTLY, 0, "#15"),
+    Target("admit_apart.ratio", "admit path, limiter Redis apart: req/s ÷ floor", None, source="#17"),
+    Target("admit_apart.p99", "admit path, limiter Redis apart: p99 ms", None, source="#17"),
+    Target(
+        "admit_apart.other",
+        "admit path, limiter Redis apart: answers other than 202, socket errors",
+        EXACTLY,
+        0,
+        "#17",
+    ),
     *(
         Target(f"{name}.model", f"{what}: the capacity model's req/s ÷ measured", None, source="#17")
         for name, what in (
@@ -70,6 +84,7 @@ TARGETS = (
             ("sold_out", "sold-out path"),
             ("not_open", "before the sale opens"),
             ("admit", "admit path"),
+            ("admit_apart", "admit path, limiter Redis apart"),
         )
     ),
 )
@@ -82,36 +97,52 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def counters(system: BenchSystem) -> dict:
-    """Cumulative CPU seconds of the API processes, of Redis and of this process's finished
-    children (wrk), and the commands Redis has run (not counting the INFO calls that read it)."""
-    cpu = system.redis.info("cpu")
-    commands = system.redis.info("commandstats")
+def _redis_counters(redis: Redis, prefix: str) -> dict:
+    """A Redis server's CPU seconds so far, and the commands and script calls it has run (not
+    counting the INFO calls that read them)."""
+    cpu = redis.info("cpu")
+    commands = redis.info("commandstats")
+    return {
+        f"{prefix}_cpu": cpu["used_cpu_user"] + cpu["used_cpu_sys"],
+        f"{prefix}_commands": sum(v["calls"] for k, v in commands.items() if k != "cmdstat_info"),
+        f"{prefix}_scripts": sum(
+            commands.get(f"cmdstat_{k}", {}).get("calls", 0) for k in ("evalsha", "eval")
+        ),
+    }
+
+
+def counters(system: BenchSystem, limiter: Redis | None = None) -> dict:
+    """Cumulative CPU seconds of the API processes, of Redis (and of the limiter's Redis, when
+    it has its own) and of this process's finished children (wrk), and what each Redis ran."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "api_cpu": sum(_cpu_seconds(pid) for pid in system.api_pids()),
-        "redis_cpu": cpu["used_cpu_user"] + cpu["used_cpu_sys"],
         "client_cpu": children.ru_utime + children.ru_stime,
-        "redis_commands": sum(v["calls"] for k, v in commands.items() if k != "cmdstat_info"),
-        "redis_scripts": sum(commands.get(f"cmdstat_{k}", {}).get("calls", 0) for k in ("evalsha", "eval")),
+        **_redis_counters(system.redis, "redis"),
+        **(_redis_counters(limiter, "limiter") if limiter is not None else {}),
     }
+
+
+CPU_COUNTERS = ("api_cpu", "redis_cpu", "limiter_cpu", "client_cpu")
 
 
 def per_request(before: dict, after: dict, requests: int) -> dict:
     """Costs per request between two ``counters`` readings: CPU in µs; Redis script calls (the
     API's round trips: it sends nothing else on these paths) and the commands Redis ran, those
-    the scripts call included."""
+    the scripts call included (for the limiter's Redis too, when it has its own)."""
     n = max(requests, 1)
-    cpu = {
-        f"{k}_us": round((after[k] - before[k]) * 1e6 / n, 1) for k in ("api_cpu", "redis_cpu", "client_cpu")
+    cpu = {f"{k}_us": round((after[k] - before[k]) * 1e6 / n, 1) for k in CPU_COUNTERS if k in after}
+    calls = {
+        k: round((after[k] - before[k]) / n, 3)
+        for k in ("redis_scripts", "redis_commands", "limiter_scripts", "limiter_commands")
+        if k in after
     }
-    calls = {k: round((after[k] - before[k]) / n, 3) for k in ("redis_scripts", "redis_commands")}
     return {**cpu, **calls}
 
 
 def model_rate(costs: dict, cores: int) -> int:
     """The capacity model's req/s on this machine: its cores over the CPU a request costs."""
-    return round(cores * 1e6 / (costs["api_cpu_us"] + costs["redis_cpu_us"] + costs["client_cpu_us"]))
+    return round(cores * 1e6 / sum(costs.get(f"{k}_us", 0) for k in CPU_COUNTERS))
 
 
 def _figures(wrk: dict) -> dict:
@@ -125,15 +156,16 @@ def _figures(wrk: dict) -> dict:
     }
 
 
-def measure(system: BenchSystem, seconds: int) -> list[dict]:
-    """Each scenario right after its floor, ROUNDS times: the median round's figures, its
-    floor and ratio, and what the servers ran with."""
+def measure(system: BenchSystem, seconds: int, plan: tuple, limiter: Redis | None = None) -> list[dict]:
+    """Each scenario of ``plan`` (name, status, appendfsync) right after its floor, ROUNDS
+    times: the median round's figures, its floor and ratio, and what the servers ran with;
+    ``limiter``: the limiter's own Redis, whose CPU and commands are counted too."""
     url = system.url
 
     def load(clients: int, method: str = "POST", path: str = "/buy") -> dict:
-        before = counters(system)
+        before = counters(system, limiter)
         figures = _figures(run_wrk(url, seconds, CONNECTIONS, THREADS, clients, method, path))
-        figures["per_request"] = per_request(before, counters(system), figures["requests"])
+        figures["per_request"] = per_request(before, counters(system, limiter), figures["requests"])
         figures["model_requests_per_second"] = model_rate(figures["per_request"], os.cpu_count() or 1)
         return figures
 
@@ -160,16 +192,11 @@ def measure(system: BenchSystem, seconds: int) -> list[dict]:
     def floor() -> dict:
         return load(clients=0, method="GET", path="/healthz")
 
+    scenarios = {"limited": limited, "sold_out": sold_out, "not_open": not_open, "admit": admit}
     floor()  # warm-up: the first seconds of fresh processes are slower
     results = []
-    plan = (
-        ("limited", limited, 429, "everysec"),
-        ("sold_out", sold_out, 409, "everysec"),
-        ("not_open", not_open, 409, "everysec"),
-        ("admit", admit, 202, "everysec"),
-        ("admit", admit, 202, "always"),
-    )
-    for name, run, expected, appendfsync in plan:
+    for name, expected, appendfsync in plan:
+        run = scenarios[name.removesuffix("_apart")]
         system.redis.config_set("appendfsync", appendfsync)
         pairs = []
         for _ in range(ROUNDS):
@@ -191,6 +218,16 @@ def measure(system: BenchSystem, seconds: int) -> list[dict]:
     return results
 
 
+PLAN = (
+    ("limited", 429, "everysec"),
+    ("sold_out", 409, "everysec"),
+    ("not_open", 409, "everysec"),
+    ("admit", 202, "everysec"),
+    ("admit", 202, "always"),
+)
+PLAN_APART = (("admit_apart", 202, "everysec"),)
+
+
 def judge(results: list[dict], verdict: Verdict) -> None:
     for r in results:
         name, where = r["scenario"], run_with(r["durability"])
@@ -210,13 +247,20 @@ def judge(results: list[dict], verdict: Verdict) -> None:
             f"of {answers:,} answers; other statuses {other or 'none'}, socket errors {r['socket_errors']}",
         )
         costs = r["per_request"]
+        limiter = (
+            f" (limiter Redis {costs['limiter_cpu_us']} µs: {costs['limiter_scripts']} script calls"
+            f" running {costs['limiter_commands']} commands)"
+            if "limiter_cpu_us" in costs
+            else ""
+        )
         verdict.check(
             f"{name}.model",
             round(r["model_requests_per_second"] / max(r["requests_per_second"], 1), 2),
             where,
             f"model {r['model_requests_per_second']:,} req/s; per request: API {costs['api_cpu_us']} µs,"
             f" Redis {costs['redis_cpu_us']} µs, wrk {costs['client_cpu_us']} µs of CPU;"
-            f" {costs['redis_scripts']} Redis script calls running {costs['redis_commands']} commands",
+            f" {costs['redis_scripts']} Redis script calls running {costs['redis_commands']} commands"
+            f"{limiter}",
         )
 
 
@@ -226,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     add_options(parser)
     args = parser.parse_args(argv)
     verdict = Verdict("paths", TARGETS, args.target)
+    seconds = 3 if args.quick else 10
     with running_system(workers=0, appendfsync="everysec", settings=SLOW_BUCKETS) as system:
-        results = measure(system, seconds=3 if args.quick else 10)
+        results = measure(system, seconds, PLAN)
+    with durable_redis("everysec") as limiter_server, Redis.from_url(limiter_server.url) as limiter:
+        apart = {**SLOW_BUCKETS, "FLASHSALE_LIMITER_REDIS_URL": limiter_server.url}
+        with running_system(workers=0, appendfsync="everysec", settings=apart) as system:
+            results += measure(system, seconds, PLAN_APART, limiter)
     judge(results, verdict)
     return verdict.finish({"scenarios": results}, args.publish)
 

@@ -147,6 +147,20 @@ def test_a_request_s_costs_are_the_counters_differences_over_the_requests():
     assert model_rate(costs, cores=2) == 6_667  # two cores over 300 µs a request
 
 
+def test_with_the_limiter_apart_its_redis_counts_in_the_costs_and_the_model():
+    from bench.paths import model_rate, per_request
+
+    before = {"api_cpu": 1.0, "redis_cpu": 2.0, "client_cpu": 0.5, "redis_scripts": 0, "redis_commands": 0}
+    before |= {"limiter_cpu": 5.0, "limiter_scripts": 0, "limiter_commands": 0}
+    after = {"api_cpu": 3.0, "redis_cpu": 2.3, "client_cpu": 1.1, "redis_scripts": 10_000}
+    after |= {"redis_commands": 80_000, "limiter_cpu": 5.2}
+    after |= {"limiter_scripts": 10_000, "limiter_commands": 30_000}
+    costs = per_request(before, after, 10_000)
+    assert (costs["redis_cpu_us"], costs["limiter_cpu_us"]) == (30.0, 20.0)
+    assert (costs["limiter_scripts"], costs["limiter_commands"], costs["redis_commands"]) == (1.0, 3.0, 8.0)
+    assert model_rate(costs, cores=2) == 6_452  # two cores over 200 + 30 + 20 + 60 µs
+
+
 def _drop(confirmed=5000, orders=None, statuses=None, terminal=0.2, p99=30.0, socket_errors=0) -> dict:
     return {
         "durability": {"redis": {"appendonly": "yes", "appendfsync": "always"}},
