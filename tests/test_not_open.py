@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from service.api.app import create_app
 from service.cli.dev_servers import wait_until
 from service.core.keys import GATE_CHANNEL, sale_key
+from service.sale.latches import EARLY_SECONDS, LATCH_SECONDS, NotOpenLatch, SoldOutLatch
 from service.sale.stock_gate import seed
 from tests.support.redis_monitor import background, commands_run
 
@@ -24,6 +25,55 @@ def _opens_in(redis, seconds: float) -> int:
 
 def _latch_answers() -> float:
     return REGISTRY.get_sample_value("flashsale_not_open_latch_answers_total") or 0.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_latch_counts_from_before_the_call_so_a_late_reply_never_holds_past_the_opening():
+    clock = FakeClock()
+    latch = NotOpenLatch(clock)
+    opens_at_ms, said_at_us = 10_000, 9_000_000  # admit.lua: one second left
+    mark = latch.mark()
+    clock.now += 0.9  # the reply comes 0.9 s after the call
+    latch.latch(1, mark, opens_at_ms, said_at_us)
+    assert latch.opens_at_ms(1) == opens_at_ms
+    clock.now = 100.0 + 1 - EARLY_SECONDS  # the opening, by the call's moment, less the margin
+    assert latch.opens_at_ms(1) is None, "let go before the opening, however late the reply"
+
+    far = latch.mark()
+    latch.latch(1, far, 3_600_000, said_at_us)
+    clock.now = far.at + LATCH_SECONDS - 0.01
+    assert latch.opens_at_ms(1) == 3_600_000
+    clock.now = far.at + LATCH_SECONDS
+    assert latch.opens_at_ms(1) is None, "at most LATCH_SECONDS at a time"
+
+
+@pytest.mark.parametrize("kind", ["not open", "sold out"])
+def test_an_answer_overtaken_by_a_clear_latches_nothing(kind):
+    """admit.lua answered before a restock or sale change was announced; the answer is handled
+    after the announcement cleared the latch: it must not latch the old state again."""
+    latch = NotOpenLatch(FakeClock()) if kind == "not open" else SoldOutLatch(FakeClock())
+    mark = latch.mark()
+    latch.clear(1)
+    if kind == "not open":
+        latch.latch(1, mark, 3_600_000, 0)
+        assert latch.opens_at_ms(1) is None
+    else:
+        latch.latch(1, mark)
+        assert not latch.is_sold_out(1)
+    again = latch.mark()  # the next request, after the clear, latches as before
+    if kind == "not open":
+        latch.latch(1, again, 3_600_000, 0)
+        assert latch.opens_at_ms(1) == 3_600_000
+    else:
+        latch.latch(1, again)
+        assert latch.is_sold_out(1)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from service.limiter.identity import ClientIdentity
 from service.limiter.ratelimit import Plan, Verdict
 from service.limiter.refusals import RateLimited, refuse_unless_admitted
 from service.sale.admission import Admission, Decision, admit
+from service.sale.latches import Mark
 from service.sale.reconcile import reconcile_product
 from service.sale.refusals import (
     IdempotencyKeyReused,
@@ -96,8 +97,12 @@ async def _admit_charged_on_the_limiter(
     return replace(admission, verdict=verdict)
 
 
-def _refusal(admission: Admission, product_id: int, resources: Resources) -> Refusal | None:
-    """The refusal an admission's decision stands for; None for a yes."""
+def _refusal(
+    admission: Admission, product_id: int, resources: Resources, marks: tuple[Mark, Mark]
+) -> Refusal | None:
+    """The refusal an admission's decision stands for; None for a yes. ``marks``: the sold-out
+    and not-open latches' marks, taken before admit.lua was asked."""
+    sold_out_mark, not_open_mark = marks
     verdict, left = admission.verdict, admission.left
     match admission.decision:
         case Decision.LIMITED:
@@ -109,10 +114,10 @@ def _refusal(admission: Admission, product_id: int, resources: Resources) -> Ref
         case Decision.CUSTOMER_LIMIT:
             return PurchaseLimit(product_id, left, verdict)
         case Decision.NOT_OPEN:
-            resources.not_open.latch(product_id, left, admission.now_us)
+            resources.not_open.latch(product_id, not_open_mark, left, admission.now_us)
             return SaleNotOpen(product_id, left, verdict)
         case Decision.NOT_ENOUGH_STOCK if left == 0:
-            resources.sold_out.latch(product_id)
+            resources.sold_out.latch(product_id, sold_out_mark)
             return SoldOut(product_id, verdict)
         case Decision.NOT_ENOUGH_STOCK:
             return InsufficientStock(product_id, left, verdict)
@@ -144,11 +149,12 @@ async def decide_buy(
             raise SoldOut(product_id)
         if (opens_at_ms := resources.not_open.opens_at_ms(product_id)) is not None:
             raise SaleNotOpen(product_id, opens_at_ms)
+    marks = resources.sold_out.mark(), resources.not_open.mark()
     if limiter.shares_main_redis or plan is None:
         # The limits (if any) are checked, and charged only on a yes, inside the admission call.
         admission = await _admit_once_rebuilding_the_gate(resources, client, product_id, quantity, key, plan)
     else:
         admission = await _admit_charged_on_the_limiter(resources, client, product_id, quantity, key, plan)
-    if refusal := _refusal(admission, product_id, resources):
+    if refusal := _refusal(admission, product_id, resources, marks):
         raise refusal
     return Accepted(admission.order_id, admission.decision is Decision.REPLAY, admission.verdict)

@@ -232,6 +232,9 @@ class AdminController(Controller):
         if product is None:
             raise problem(404, "unknown-product", f"There is no product {product_id}.")
         await publish_product(resources.redis, product, None)
+        # This process's latches at once: the announcement reaches it a moment after the answer.
+        resources.sold_out.clear(product_id)
+        resources.not_open.clear(product_id)
         # The gate is rebuilt from the database: stock minus orders not yet decided.
         await to_thread.run_sync(reconcile_product, resources.queue.connection, resources.engine, product_id)
         gate = await resources.redis.get(gate_key(product_id))
