@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis import Redis
 
-from service.core.keys import MAX_DRAIN_LANES, drain_flag_key, pending_keys
+from service.core.keys import drain_flag_keys, pending_keys
 
 
 def pending_count(redis: Redis, product_id: int = 1) -> int:
@@ -17,5 +17,5 @@ def pending_count(redis: Redis, product_id: int = 1) -> int:
 
 def drains(redis: Redis, product_id: int = 1) -> dict[int, str]:
     """lane -> the draining job its flag names, for every lane that has one."""
-    flags = redis.mget([drain_flag_key(product_id, lane) for lane in range(MAX_DRAIN_LANES)])
+    flags = redis.mget(drain_flag_keys(product_id))
     return {lane: flag.decode() for lane, flag in enumerate(flags) if flag is not None}
